@@ -1,0 +1,42 @@
+# lift3d: `make demo` and `make test` are the two set-up commands (both install everything first).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.lift3d-installed
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: setup demo test test-fast bench clean-demo
+
+# Idempotent: reinstalls only when pyproject.toml changed (the stamp records its hash).
+setup: $(STAMP) slurm-packages
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@h=$$(sha256sum pyproject.toml | cut -c1-16); \
+	if [ "$$(cat $(STAMP) 2>/dev/null)" != "$$h" ]; then \
+	  $(PY) -m pip install -q --upgrade pip setuptools wheel && \
+	  $(PY) -m pip install -q -e '.[dev]' && echo $$h > $(STAMP); \
+	else touch $(STAMP); fi
+
+# Debian's Slurm + munge, for the tests that bring up a real one-node cluster (tests/slurm). Root only; skipped
+# (and those tests skip with a message) where apt is unavailable.
+slurm-packages:
+	@command -v slurmctld >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      slurmctld slurmd slurm-client munge >/dev/null); rc=$$?; rm -f /usr/sbin/policy-rc.d; exit $$rc; } \
+	  || echo "slurm-packages: could not install Slurm; tests/slurm will be skipped"; }
+
+demo: setup
+	$(PY) -m render_farm.demo --out data/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not slurm"
+
+bench: setup
+	$(PY) benchmarks/render_throughput.py
+	$(PY) benchmarks/loader_throughput.py

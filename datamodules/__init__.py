@@ -1,0 +1,1 @@
+"""Lightning data modules reading shard format v1."""

@@ -1,0 +1,1 @@
+"""Camera conventions, rigs and normalisation: numpy-only, no Lightning (see ``geometry.cameras``)."""

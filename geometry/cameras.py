@@ -1,0 +1,176 @@
+"""The camera convention of lift3d — the one home for it.
+
+World frame
+    Right-handed, +Z up: Blender's world after import (the glTF importer's +Y-up → +Z-up turn comes first).
+    Objects are centred and scaled into [-1, 1]^3 (longest side 2); see ``geometry.normalization``.
+
+Camera frame: OpenCV
+    x right, y down, z forward (the camera looks along its +z axis).
+    ``c2w`` (4×4) maps camera coordinates to world coordinates; ``w2c`` is its inverse. Matrices are never
+    called ``pose``.
+
+Intrinsics
+    ``K`` (3×3) is in pixels of the stored image; pixel (u, v) covers [u, u+1) × [v, v+1), so pixel centres sit
+    at integer + 0.5. A camera point (x, y, z) projects to (fx·x/z + cx, fy·y/z + cy).
+
+Depth
+    z-depth along the camera's +z axis (not the ray length).
+
+Blender / OpenGL cameras (x right, y up, z backward) are converted exactly once, at the render-farm boundary:
+``c2w_cv = c2w_gl @ diag(1, -1, -1, 1)`` (the same matrix converts back). Nothing downstream of render_farm
+sees the OpenGL convention.
+
+Functions here accept numpy arrays (batched over leading axes); ``torch`` variants live in ``geometry.rays``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+#: Flip of the y and z camera axes: OpenGL camera ↔ OpenCV camera (an involution).
+GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def opengl_to_opencv(c2w_gl: np.ndarray) -> np.ndarray:
+    """Camera-to-world of an OpenGL/Blender camera → OpenCV camera-to-world (same world frame)."""
+    return np.asarray(c2w_gl, dtype=np.float64) @ GL_TO_CV
+
+
+def opencv_to_opengl(c2w_cv: np.ndarray) -> np.ndarray:
+    """Camera-to-world of an OpenCV camera → OpenGL/Blender camera-to-world (same world frame)."""
+    return np.asarray(c2w_cv, dtype=np.float64) @ GL_TO_CV
+
+
+def invert_rigid(m: np.ndarray) -> np.ndarray:
+    """Inverse of rigid 4×4 transforms (…, 4, 4): c2w ↔ w2c, without a general matrix inverse."""
+    m = np.asarray(m, dtype=np.float64)
+    out = np.zeros_like(m)
+    rot_t = np.swapaxes(m[..., :3, :3], -1, -2)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3] = -np.einsum("...ij,...j->...i", rot_t, m[..., :3, 3])
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def look_at(eye, target=(0.0, 0.0, 0.0), up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """OpenCV ``c2w`` of a camera at ``eye`` looking at ``target`` with image-up towards ``up``.
+
+    Where the viewing direction is parallel to ``up`` (a camera straight above or below), world +Y is used as
+    the up hint instead, so the result is always a proper rotation.
+    """
+    eye = np.asarray(eye, dtype=np.float64)
+    forward = np.asarray(target, dtype=np.float64) - eye
+    norm = np.linalg.norm(forward)
+    if norm < 1e-12:
+        raise ValueError(f"look_at: eye {eye.tolist()} coincides with target; the camera needs a direction")
+    z = forward / norm  # camera +z: forward
+    up = np.asarray(up, dtype=np.float64)
+    if np.linalg.norm(np.cross(z, up)) < 1e-8:
+        up = np.array([0.0, 1.0, 0.0])
+    x = np.cross(z, up)  # camera +x: right  (z × up points right for a y-down camera)
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)  # camera +y: down
+    c2w = np.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = x, y, z, eye
+    return c2w
+
+
+def intrinsics_from_fov(fov_deg: float, width: int, height: int) -> np.ndarray:
+    """Pinhole ``K`` whose field of view across the *larger* image side is ``fov_deg`` (Blender's AUTO sensor fit).
+
+    Square pixels, principal point at the image centre.
+    """
+    if not 0.0 < fov_deg < 180.0:
+        raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
+    f = 0.5 * max(width, height) / math.tan(math.radians(fov_deg) / 2.0)
+    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def fov_from_intrinsics(K: np.ndarray, width: int, height: int) -> float:
+    """Field of view (degrees) across the larger image side; inverse of :func:`intrinsics_from_fov`."""
+    f = K[0, 0] if width >= height else K[1, 1]
+    return math.degrees(2.0 * math.atan(0.5 * max(width, height) / f))
+
+
+def intrinsics_from_blender(lens_mm: float, sensor_width_mm: float, sensor_height_mm: float, sensor_fit: str,
+                            width: int, height: int, pixel_aspect: float = 1.0,
+                            shift_x: float = 0.0, shift_y: float = 0.0) -> np.ndarray:
+    """``K`` in pixels of a Blender perspective camera (the render-farm boundary reads it from Blender's camera).
+
+    Follows Blender's sensor-fit rules: AUTO fits the sensor width to the larger image side, HORIZONTAL to the
+    width, VERTICAL (sensor height) to the height. Blender's ``shift`` is in units of the larger side and moves
+    the image up/right, i.e. the principal point left/down in OpenCV pixels.
+    """
+    if sensor_fit == "AUTO":
+        fit, size_mm = ("HORIZONTAL" if width >= height else "VERTICAL"), sensor_width_mm
+    elif sensor_fit == "HORIZONTAL":
+        fit, size_mm = "HORIZONTAL", sensor_width_mm
+    elif sensor_fit == "VERTICAL":
+        fit, size_mm = "VERTICAL", sensor_height_mm
+    else:
+        raise ValueError(f"unknown Blender sensor_fit {sensor_fit!r}; expected AUTO, HORIZONTAL or VERTICAL")
+    view_px = width if fit == "HORIZONTAL" else height
+    fx = lens_mm / size_mm * view_px
+    fy = fx * pixel_aspect
+    larger = max(width, height)
+    cx = width / 2.0 - shift_x * larger
+    cy = height / 2.0 + shift_y * larger
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """``K`` of the image resized by (sx, sy) (new size / old size). Pixel-centre aware: the image edges map to edges."""
+    K = np.array(K, dtype=np.float64, copy=True)
+    K[..., 0, :] *= sx
+    K[..., 1, :] *= sy
+    return K
+
+
+def crop_intrinsics(K: np.ndarray, x0: float, y0: float) -> np.ndarray:
+    """``K`` of the crop whose top-left corner is pixel (x0, y0) of the original image."""
+    K = np.array(K, dtype=np.float64, copy=True)
+    K[..., 0, 2] -= x0
+    K[..., 1, 2] -= y0
+    return K
+
+
+def pixel_grid(height: int, width: int) -> np.ndarray:
+    """(H, W, 2) pixel-centre coordinates (u + 0.5, v + 0.5)."""
+    v, u = np.meshgrid(np.arange(height, dtype=np.float64) + 0.5, np.arange(width, dtype=np.float64) + 0.5,
+                       indexing="ij")
+    return np.stack([u, v], axis=-1)
+
+
+def backproject_depth(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """World points (N, 3) of the pixels with depth > 0 (z-depth, OpenCV camera)."""
+    h, w = depth.shape
+    uv = pixel_grid(h, w)
+    mask = depth > 0
+    z = depth[mask].astype(np.float64)
+    u, v = uv[mask][:, 0], uv[mask][:, 1]
+    x = (u - K[0, 2]) / K[0, 0] * z
+    y = (v - K[1, 2]) / K[1, 1] * z
+    cam = np.stack([x, y, z], axis=-1)
+    return cam @ c2w[:3, :3].T + c2w[:3, 3]
+
+
+def project_points(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (N, 2) and z-depths (N,) of world points (N, 3) in an OpenCV camera."""
+    w2c = invert_rigid(c2w)
+    cam = np.asarray(points, dtype=np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = np.stack([K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]], axis=-1)
+    return uv, z
+
+
+def spherical_to_cartesian(radius, elevation_deg, azimuth_deg) -> np.ndarray:
+    """Point at ``radius`` with elevation above the XY plane and azimuth measured from -Y (the object's front) towards +X.
+
+    The glTF importer turns a model's front (+Z in glTF) into Blender's -Y, so azimuth 0 is a front view.
+    """
+    el, az = np.radians(elevation_deg), np.radians(azimuth_deg)
+    return np.stack([radius * np.cos(el) * np.sin(az), -radius * np.cos(el) * np.cos(az), radius * np.sin(el)],
+                    axis=-1)

@@ -1,0 +1,115 @@
+"""``lift3d-render``: the render-farm command line.
+
+    lift3d-render objaverse --uids-file uids.txt --out data/shards/objaverse --rig lrm32 [--resolution 512 ...]
+    lift3d-render objaverse --glb-dir path/to/assets --out data/shards/local --rig lrm32
+    lift3d-render mvimgnet  --root /data/mvimgnet --out data/shards/mvimgnet
+    lift3d-render index     --out data/shards/objaverse      # rebuild index.json from the shards on disk
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from render_farm.config import load_config
+from render_farm.tasks import resolve_task
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rank", type=int, default=None, help="this task's index (default: SLURM_ARRAY_TASK_ID or 0)")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="number of tasks (default: SLURM_ARRAY_TASK_COUNT or 1)")
+
+
+def _objaverse_parser(sub) -> None:
+    p = sub.add_parser("objaverse", help="render Objaverse objects (or a local directory of assets) into shards")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--uids-file", help="Objaverse uids, one per line")
+    src.add_argument("--lvis-categories", nargs="+", help="render every object of these LVIS categories")
+    src.add_argument("--glb-dir", help="a local directory of GLB/glTF/OBJ/PLY/STL/FBX assets instead of Objaverse")
+    p.add_argument("--out", required=True, help="output directory for shards, index.json, _state/ and _logs/")
+    p.add_argument("--config", help="render config YAML (default configs/render/default.yaml)")
+    p.add_argument("--rig", help="camera rig: lrm32 | orbit | one2345 | eval24")
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--samples", type=int)
+    p.add_argument("--lighting", choices=["fixed", "random"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--timeout", dest="timeout_s", type=float, help="hard limit per object, seconds")
+    p.add_argument("--shard-maxcount", type=int, help="objects per shard")
+    p.add_argument("--num-workers", type=int, default=1, help="Blender worker processes on this machine")
+    p.add_argument("--custom-blender-path", help="a pre-staged portable Blender 4.2 directory to run workers in")
+    p.add_argument("--licences", nargs="+", help="Objaverse licence allow-list, e.g. by by-sa cc0")
+    p.add_argument("--limit", type=int, help="render at most this many objects (before task slicing)")
+    p.add_argument("--cache-dir", help="Objaverse download cache (default ~/.objaverse)")
+    p.add_argument("--retry-failed", action="store_true", help="render objects in the failure manifest again")
+    p.add_argument("--no-progress", action="store_true")
+    _add_task_args(p)
+
+
+def _make_source(args):
+    if args.glb_dir:
+        from render_farm.sources import LocalDirSource
+
+        return LocalDirSource(args.glb_dir)
+    from render_farm.sources import ObjaverseSource
+
+    return ObjaverseSource(uids_file=args.uids_file, lvis_categories=args.lvis_categories, licences=args.licences,
+                           limit=args.limit, cache_dir=args.cache_dir)
+
+
+def run_objaverse(args) -> int:
+    from render_farm.farm import render_task
+
+    cfg = load_config(args.config, rig=args.rig, resolution=args.resolution, samples=args.samples,
+                      lighting=args.lighting, seed=args.seed, timeout_s=args.timeout_s,
+                      shard_maxcount=args.shard_maxcount)
+    task, count = resolve_task(args.rank, args.world_size)
+    summary = render_task(_make_source(args), args.out, cfg, task, count, num_workers=args.num_workers,
+                          blender_path=args.custom_blender_path, retry_failed=args.retry_failed,
+                          progress=not args.no_progress)
+    print(summary.line(), flush=True)
+    for uid, reason in summary.failures[:20]:
+        print(f"  failed {uid}: {reason}", flush=True)
+    if summary.failed:
+        print(f"  failure manifest: {args.out}/_state/task-{task:05d}.failures.jsonl", flush=True)
+    return 0
+
+
+def run_index(args) -> int:
+    from render_farm.shards import update_index
+
+    doc = update_index(args.out, rebuild=True)
+    print(json.dumps({"shards": len(doc["shardlist"]), "samples": doc["total_samples"]}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lift3d-render", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _objaverse_parser(sub)
+    try:
+        from render_farm import mvimgnet
+    except ImportError as exc:  # pycolmap missing: the other commands still work
+        sub.add_parser("mvimgnet", help=f"unavailable: {exc}")
+    else:
+        mvimgnet.add_arguments(sub.add_parser("mvimgnet", help="convert MVImgNet videos (COLMAP) into shards"))
+    p = sub.add_parser("index", help="rebuild index.json from the shards in a directory")
+    p.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "objaverse":
+        return run_objaverse(args)
+    if args.command == "index":
+        return run_index(args)
+    from render_farm import mvimgnet
+
+    return mvimgnet.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

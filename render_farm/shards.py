@@ -1,0 +1,274 @@
+"""Shard format v1 writer: one WebDataset sample per object, crash-safe and resumable.
+
+Layout of an output directory::
+
+    00000-000000.tar …          committed shards ``{task:05d}-{n:06d}.tar`` (renamed from ``.tar.tmp`` when complete)
+    index.json                  every committed shard's sample count (wids shard-index format + ``format``)
+    _state/task-00000.done.jsonl   one line per flushed sample: key, shard, byte offset where the sample ends
+    _state/task-00000.failures.jsonl  the failure manifest: key, reason, log excerpt
+    _logs/task-00000.log        the task's Blender stdout/stderr
+
+Exactly-once: a sample is written to the open ``.tar.tmp`` and fsynced *before* its line goes to the done-list.
+After a SIGKILL, :meth:`ShardWriter.open` cuts each leftover ``.tar.tmp`` back to the end of its last done
+sample, closes the archive and commits it; everything after that point was never marked done and is rendered
+again. No partial shard is ever visible under a ``.tar`` name.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+FORMAT = "lift3d-shard-v1"
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+SHARD_RE = re.compile(r"^(\d{5})-(\d{6})\.tar$")
+
+
+def check_key(key: str) -> str:
+    if not KEY_RE.match(key):
+        raise ValueError(f"sample key {key!r} must match [A-Za-z0-9_-]+ (no dots: WebDataset splits keys at dots)")
+    return key
+
+
+def encode_png(image: np.ndarray, compression: int = 3) -> bytes:
+    """PNG bytes of an 8-bit RGB/RGBA or a 16-bit single-channel image (channels in RGB(A) order)."""
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
+    elif image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an image of shape {image.shape} and dtype {image.dtype}")
+    return buf.tobytes()
+
+
+def encode_sample(key: str, views: list[dict], c2w: np.ndarray, K: np.ndarray, hw: np.ndarray, meta: dict) -> dict:
+    """A format-v1 sample: ``NNN.rgba.png``, ``NNN.depth.png``, optional ``NNN.normal.png``, cameras, meta."""
+    check_key(key)
+    n = len(views)
+    if not (len(c2w) == len(K) == len(hw) == n):
+        raise ValueError(f"{key}: {n} views but {len(c2w)} c2w, {len(K)} K, {len(hw)} hw")
+    if n > 1000:
+        raise ValueError(f"{key}: {n} views; format v1 numbers views with 3 digits (at most 1000)")
+    sample = {"__key__": key}
+    for i, v in enumerate(views):
+        if v["rgba"].dtype != np.uint8 or v["rgba"].shape[-1] != 4:
+            raise ValueError(f"{key} view {i}: rgba must be uint8 (H, W, 4), got {v['rgba'].dtype} {v['rgba'].shape}")
+        if v["depth"].dtype != np.uint16:
+            raise ValueError(f"{key} view {i}: depth must be uint16, got {v['depth'].dtype}")
+        sample[f"{i:03d}.rgba.png"] = encode_png(v["rgba"])
+        sample[f"{i:03d}.depth.png"] = encode_png(v["depth"])
+        if v.get("normal") is not None:
+            sample[f"{i:03d}.normal.png"] = encode_png(v["normal"])
+    buf = io.BytesIO()
+    np.savez(buf, c2w=np.asarray(c2w, np.float32), K=np.asarray(K, np.float32), hw=np.asarray(hw, np.int32))
+    sample["cameras.npz"] = buf.getvalue()
+    sample["meta.json"] = json.dumps({"format": FORMAT, "num_views": n, **meta}, sort_keys=True).encode()
+    return sample
+
+
+def _write_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), mtime, 0o444
+    info.uname = info.gname = "lift3d"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    """Lines of a JSON-lines file; a torn last line (a kill mid-write) is ignored."""
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def _append_jsonl(path: str, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def count_samples(tar_path: str) -> int:
+    keys = set()
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            keys.add(m.name.split(".", 1)[0])
+    return len(keys)
+
+
+def update_index(out_dir: str, entries: dict[str, int] | None = None, rebuild: bool = False) -> dict:
+    """Record shard sample counts in ``index.json`` (file-locked: SLURM array tasks share a directory).
+
+    ``rebuild`` rescans every committed shard instead (``lift3d-render index``).
+    """
+    path = os.path.join(out_dir, "index.json")
+    with open(os.path.join(out_dir, ".index.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        index = {}
+        if os.path.exists(path) and not rebuild:
+            with open(path) as f:
+                index = {s["url"]: s["nsamples"] for s in json.load(f)["shardlist"]}
+        if rebuild:
+            for tar in sorted(glob.glob(os.path.join(out_dir, "*.tar"))):
+                index[os.path.basename(tar)] = count_samples(tar)
+        index.update(entries or {})
+        doc = {"__kind__": "wids-shard-index-v1", "wids_version": 1, "format": FORMAT,
+               "name": os.path.basename(os.path.abspath(out_dir)),
+               "shardlist": [{"url": k, "nsamples": v} for k, v in sorted(index.items())],
+               "total_samples": int(sum(index.values()))}
+        tmp = path + f".tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    return doc
+
+
+@dataclass
+class TaskPaths:
+    out_dir: str
+    task: int
+
+    @property
+    def state_dir(self) -> str:
+        return os.path.join(self.out_dir, "_state")
+
+    @property
+    def done(self) -> str:
+        return os.path.join(self.state_dir, f"task-{self.task:05d}.done.jsonl")
+
+    @property
+    def failures(self) -> str:
+        return os.path.join(self.state_dir, f"task-{self.task:05d}.failures.jsonl")
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.out_dir, "_logs", f"task-{self.task:05d}.log")
+
+
+class ShardWriter:
+    """Writes one task's shards; resumes after any kill. Use :meth:`open`, then :meth:`write` per object."""
+
+    def __init__(self, out_dir: str, task: int = 0, maxcount: int = 64, maxsize: float = 2e9):
+        self.paths = TaskPaths(out_dir, task)
+        self.out_dir, self.task, self.maxcount, self.maxsize = out_dir, task, maxcount, maxsize
+        self._file = self._tar = self._name = None
+        self._count = 0
+        self._next = 0
+        self.done: dict[str, dict] = {}
+        self.failed: dict[str, dict] = {}
+
+    # --- resume ---------------------------------------------------------------------------------------------
+    def open(self) -> "ShardWriter":
+        os.makedirs(self.paths.state_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(self.paths.log), exist_ok=True)
+        done_rows = _read_jsonl(self.paths.done)
+        for tmp in sorted(glob.glob(os.path.join(self.out_dir, f"{self.task:05d}-*.tar.tmp"))):
+            self._recover(tmp, done_rows)
+        committed = {os.path.basename(p) for p in glob.glob(os.path.join(self.out_dir, f"{self.task:05d}-*.tar"))}
+        self.done = {r["key"]: r for r in done_rows if r["shard"] in committed}
+        self.failed = {r["key"]: r for r in _read_jsonl(self.paths.failures)}
+        numbers = [int(SHARD_RE.match(n).group(2)) for n in committed if SHARD_RE.match(n)]
+        self._next = max(numbers, default=-1) + 1
+        return self
+
+    def _recover(self, tmp: str, done_rows: list[dict]) -> None:
+        name = os.path.basename(tmp)[: -len(".tmp")]
+        ends = [r["end"] for r in done_rows if r["shard"] == name]
+        if not ends:
+            os.remove(tmp)  # nothing in it was ever marked done
+            return
+        end = max(ends)
+        with open(tmp, "r+b") as f:
+            f.truncate(end)
+            f.seek(end)
+            f.write(b"\0" * 1024)  # end-of-archive marker: two zero blocks
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, tmp[: -len(".tmp")])
+        _fsync_dir(self.out_dir)
+        update_index(self.out_dir, {name: count_samples(tmp[: -len(".tmp")])})
+
+    # --- writing --------------------------------------------------------------------------------------------
+    def _start_shard(self) -> None:
+        self._name = f"{self.task:05d}-{self._next:06d}.tar"
+        self._next += 1
+        self._file = open(os.path.join(self.out_dir, self._name + ".tmp"), "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+        self._count = 0
+
+    def write(self, sample: dict, record: dict | None = None) -> None:
+        """Append one object's sample, make it durable, then mark it done (with ``record`` in the done-list)."""
+        key = check_key(sample["__key__"])
+        if key in self.done:
+            raise ValueError(f"object {key} is already in a shard of {self.out_dir}; it would be duplicated")
+        if self._tar is None:
+            self._start_shard()
+        mtime = time.time()
+        for name in sorted(k for k in sample if k != "__key__"):
+            _write_member(self._tar, f"{key}.{name}", sample[name], mtime)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        row = {"key": key, "shard": self._name, "end": self._file.tell(), **(record or {})}
+        _append_jsonl(self.paths.done, row)
+        self.done[key] = row
+        self._count += 1
+        if self._count >= self.maxcount or self._file.tell() >= self.maxsize:
+            self._commit()
+
+    def record_failure(self, key: str, reason: str, log_excerpt: str = "", **extra) -> None:
+        row = {"key": key, "reason": reason, "log_excerpt": log_excerpt[-4000:], "time": time.time(), **extra}
+        _append_jsonl(self.paths.failures, row)
+        self.failed[key] = row
+
+    def _commit(self) -> None:
+        self._tar.close()  # writes the end-of-archive blocks
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        path = os.path.join(self.out_dir, self._name)
+        os.replace(path + ".tmp", path)
+        _fsync_dir(self.out_dir)
+        update_index(self.out_dir, {self._name: self._count})
+        self._file = self._tar = None
+
+    def close(self) -> None:
+        if self._tar is not None:
+            if self._count:
+                self._commit()
+            else:
+                self._tar.close()
+                self._file.close()
+                os.remove(os.path.join(self.out_dir, self._name + ".tmp"))
+                self._file = self._tar = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()

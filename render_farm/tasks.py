@@ -1,0 +1,28 @@
+"""Which slice of the work this process owns: SLURM array tasks or --rank/--world-size.
+
+Items are sorted by id and task t of T takes items[t::T]: disjoint, deterministic, and stable when a task is
+re-run (a requeued array task picks up exactly its own objects again).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def resolve_task(rank: int | None = None, world_size: int | None = None, env=os.environ) -> tuple[int, int]:
+    """(task, count): explicit arguments win, then SLURM_ARRAY_TASK_ID/COUNT (minus the array's minimum id), else (0, 1)."""
+    if rank is None and world_size is None and "SLURM_ARRAY_TASK_ID" in env:
+        task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        count = int(env.get("SLURM_ARRAY_TASK_COUNT", 1))
+    else:
+        task, count = rank or 0, world_size or 1
+    if count < 1 or not 0 <= task < count:
+        raise ValueError(f"task {task} is outside 0..{count - 1}: check --rank/--world-size or the SLURM array range")
+    return task, count
+
+
+def task_slice(items: Sequence[T], task: int, count: int, key=lambda x: x) -> list[T]:
+    return sorted(items, key=key)[task::count]
