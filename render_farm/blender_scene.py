@@ -99,6 +99,24 @@ def mesh_bounds(max_faces: int) -> tuple[np.ndarray, np.ndarray, int]:
     return lo, hi, faces
 
 
+def colour_unshaded_meshes() -> int:
+    """Give meshes that carry vertex colours but no material a material that shows them (glTF COLOR_0 without
+    a material, PLY/OBJ colours); Blender would otherwise render them plain grey. Returns how many were fixed."""
+    fixed = 0
+    for obj in bpy.context.scene.objects:
+        if obj.type != "MESH" or any(obj.data.materials) or not obj.data.color_attributes:
+            continue
+        mat = bpy.data.materials.new(f"lift3d_vertex_colour_{obj.name}")
+        mat.use_nodes = True
+        nodes = mat.node_tree.nodes
+        attr = nodes.new("ShaderNodeVertexColor")
+        attr.layer_name = obj.data.color_attributes[0].name
+        mat.node_tree.links.new(attr.outputs["Color"], nodes["Principled BSDF"].inputs["Base Color"])
+        obj.data.materials.append(mat)
+        fixed += 1
+    return fixed
+
+
 def normalise_scene() -> tuple[float, np.ndarray]:
     """Centre and scale every root object so the scene's box fits [-1, 1]^3; returns (scale, offset)."""
     lo, hi, _ = mesh_bounds(max_faces=2**62)
@@ -231,9 +249,10 @@ def passes_to_views(passes: dict[str, np.ndarray], depth_scale: float) -> dict[s
     straight = np.where(alpha > 1e-6, rgba[..., :3] / safe, 0.0)  # Cycles' combined pass is premultiplied
     rgb8 = np.round(linear_to_srgb(straight) * 255.0)
     rgba8 = np.concatenate([rgb8, np.round(alpha * 255.0)], axis=-1).astype(np.uint8)
-    surface = alpha[..., 0] >= 0.5
     depth = passes["depth"]
-    depth_q = np.where(surface & (depth < 1e9), np.round(depth * depth_scale), 0.0)
+    # a surface pixel is mostly covered and has a hit in the depth pass (Cycles writes 1e10 for a miss)
+    surface = (alpha[..., 0] >= 0.5) & (depth < 1e9)
+    depth_q = np.where(surface, np.round(depth * depth_scale), 0.0)
     if depth_q.max(initial=0) > 65535:
         raise AssetError(f"depth {depth_q.max() / depth_scale:.2f} exceeds the uint16 range at depth_scale "
                          f"{depth_scale}; lower depth_scale in the render config")
@@ -249,6 +268,7 @@ def render_object(path: str, rig: Rig, settings: RenderSettings, depth_scale: fl
     reset_scene()
     import_asset(path)
     _, _, faces = mesh_bounds(settings.max_faces)
+    colour_unshaded_meshes()
     scale, offset = normalise_scene()
     lighting = setup_lighting(settings, rng if rng is not None else np.random.default_rng(settings.seed))
     setup_render(settings)

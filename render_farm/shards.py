@@ -195,7 +195,19 @@ class ShardWriter:
         self.failed = {r["key"]: r for r in _read_jsonl(self.paths.failures)}
         numbers = [int(SHARD_RE.match(n).group(2)) for n in committed if SHARD_RE.match(n)]
         self._next = max(numbers, default=-1) + 1
+        self._index_missing(committed)
         return self
+
+    def _index_missing(self, committed: set[str]) -> None:
+        """A kill between a shard's rename and its index update leaves it unindexed: add it now."""
+        path = os.path.join(self.out_dir, "index.json")
+        indexed = set()
+        if os.path.exists(path):
+            with open(path) as f:
+                indexed = {s["url"] for s in json.load(f)["shardlist"]}
+        missing = {n: count_samples(os.path.join(self.out_dir, n)) for n in committed - indexed}
+        if missing:
+            update_index(self.out_dir, missing)
 
     def _recover(self, tmp: str, done_rows: list[dict]) -> None:
         name = os.path.basename(tmp)[: -len(".tmp")]
