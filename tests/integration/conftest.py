@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests import assets
+from render_farm import synthetic as assets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

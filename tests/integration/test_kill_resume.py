@@ -12,7 +12,7 @@ import psutil
 import pytest
 import webdataset as wds
 
-from tests import assets
+from render_farm import synthetic as assets
 from tests.integration.conftest import ROOT, render_cli
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Generated test assets: small, deterministic files (written with trimesh) and their known ground truth.
+"""Generated assets: small, deterministic files (written with trimesh) and their known ground truth.
 
 Every writer takes a directory, writes one file (or a few) into it and returns :class:`GeneratedAsset` records.
 A valid asset carries ``mesh``, the source geometry as a ``trimesh.Trimesh`` **in the file's own frame**, so a test
@@ -69,7 +69,7 @@ def checkerboard(size: int = 64, cells: int = 8) -> Image.Image:
 def _uv_box(extent: float = 1.0) -> trimesh.Trimesh:
     """A box with 4 unshared vertices per face (24 in all) so every face gets the full [0, 1]^2 UV square."""
     h = extent / 2.0
-    # per face: outward normal axis/sign, and two tangent axes
+    # per face: the normal's axis and sign, then its two tangent axes
     verts, faces, uvs = [], [], []
     for axis in range(3):
         for sign in (1.0, -1.0):
@@ -109,10 +109,8 @@ def textured_box(directory: str, name: str = "textured_box") -> GeneratedAsset:
 def vertex_coloured_sphere(directory: str, name: str = "vertex_coloured_sphere") -> GeneratedAsset:
     """An icosphere (radius 1, 2 subdivisions) with per-vertex colours (RGB = (normal + 1) / 2), as GLB."""
     mesh = trimesh.creation.icosphere(subdivisions=2, radius=1.0)
-    colours = np.concatenate(
-        [np.round((mesh.vertex_normals + 1.0) / 2.0 * 255).astype(np.uint8), np.full((len(mesh.vertices), 1), 255,
-                                                                                      np.uint8)], axis=1
-    )
+    rgb = np.round((mesh.vertex_normals + 1.0) / 2.0 * 255).astype(np.uint8)
+    colours = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
     mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=colours)
     path = _write(os.path.join(directory, f"{name}.glb"), mesh.export(file_type="glb"))
     geometry = trimesh.Trimesh(mesh.vertices.copy(), mesh.faces.copy(), process=False)
@@ -133,10 +131,9 @@ def multi_material(directory: str, name: str = "multi_material") -> GeneratedAss
     cylinder = _solid(trimesh.creation.cylinder(radius=0.5, height=1.0, sections=24), "blue", CYLINDER_COLOUR)
     scene = trimesh.Scene()
     offsets = {"cube": (-1.0, 0.0, 0.0), "cylinder": (1.0, 0.0, 0.0)}
-    scene.add_geometry(cube, geom_name="cube", node_name="cube", transform=trimesh.transformations.translation_matrix(
-        offsets["cube"]))
-    scene.add_geometry(cylinder, geom_name="cylinder", node_name="cylinder",
-                       transform=trimesh.transformations.translation_matrix(offsets["cylinder"]))
+    for part_name, part in (("cube", cube), ("cylinder", cylinder)):
+        scene.add_geometry(part, geom_name=part_name, node_name=part_name,
+                           transform=trimesh.transformations.translation_matrix(offsets[part_name]))
     path = _write(os.path.join(directory, f"{name}.glb"), scene.export(file_type="glb"))
     parts = [
         trimesh.Trimesh(cube.vertices + offsets["cube"], cube.faces, process=False),
