@@ -65,7 +65,8 @@ def render_task(source, out_dir: str, cfg: RenderConfig, task: int = 0, count: i
     os.makedirs(out_dir, exist_ok=True)
     assets = task_slice(source.assets(), task, count, key=lambda a: a.uid)
     summary = TaskSummary(task, count, assigned=len(assets))
-    threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, num_workers))
+    cpus = len(os.sched_getaffinity(0))  # the CPUs this job may use (a SLURM allocation), not the node's
+    threads = cfg.threads_per_worker or max(1, cpus // max(1, num_workers))
     writer = ShardWriter(out_dir, task, maxcount=cfg.shard_maxcount).open()
     skip = set(writer.done) | (set() if retry_failed else set(writer.failed))
     todo = [a for a in assets if a.uid not in skip]

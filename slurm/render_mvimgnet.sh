@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Convert MVImgNet videos (COLMAP models + frames) into WebDataset shards, as a SLURM job array.
+#
+#   mkdir -p logs      # Slurm does not create the --output directory; a missing one fails the job silently
+#   sbatch slurm/render_mvimgnet.sh --root /data/mvimgnet --out data/shards/mvimgnet
+#   sbatch --array=0-63 slurm/render_mvimgnet.sh --root "$LIFT3D_DATA/mvimgnet" --out data/shards/mvimgnet
+#
+# Every argument after the script goes to `lift3d-render mvimgnet` unchanged (see `lift3d-render mvimgnet -h`).
+# Array task t of T converts the sorted videos t, t+T, t+2T, ... (render_farm/tasks.py): the CLI reads
+# SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT / SLURM_ARRAY_TASK_MIN itself, so any --array range works. All
+# tasks write into the same --out: shards OUT/<task>-<n>.tar, one shared index.json, per-task state in OUT/_state/.
+# A requeued (pre-empted) task skips the videos in its done-list and carries on. No Blender here: the conversion
+# reads COLMAP models and images, one process per task.
+#
+# Site settings (venv, data roots) come from slurm/site.env when it exists (see slurm/site.env.example).
+# Account and partition are read by sbatch at submission, so set them in the environment you submit from
+# (`set -a; source slurm/site.env; set +a; sbatch ...`: SBATCH_ACCOUNT, SBATCH_PARTITION) or pass -A / -p.
+# Options given to sbatch on the command line override the #SBATCH lines below.
+#
+#SBATCH --job-name=lift3d-render-mvimgnet
+#SBATCH --array=0-15
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=2
+#SBATCH --mem=16G
+#SBATCH --time=12:00:00
+#SBATCH --output=logs/render-%A_%a.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+set -euo pipefail
+
+# --- where the repository is: sbatch runs a spooled copy of this script, so $0 does not point into the repo
+if [[ -z "${LIFT3D_ROOT:-}" ]]; then
+    submitted=""
+    if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v scontrol >/dev/null 2>&1; then
+        submitted=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)
+    fi
+    if [[ -n "$submitted" && -f "$submitted" ]]; then
+        LIFT3D_ROOT=$(cd "$(dirname "$submitted")/.." && pwd)
+    elif [[ -z "${SLURM_JOB_ID:-}" ]]; then
+        LIFT3D_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+    else
+        LIFT3D_ROOT="${SLURM_SUBMIT_DIR:-$PWD}"
+    fi
+fi
+site_env="${LIFT3D_SITE_ENV:-$LIFT3D_ROOT/slurm/site.env}"
+if [[ -f "$site_env" ]]; then
+    set -a
+    # shellcheck disable=SC1090
+    source "$site_env"
+    set +a
+fi
+
+venv="${LIFT3D_VENV:-$LIFT3D_ROOT/.venv}"
+if [[ -x "$venv/bin/lift3d-render" ]]; then
+    render=("$venv/bin/lift3d-render")
+elif [[ -x "$venv/bin/python" ]]; then
+    render=("$venv/bin/python" -m render_farm.cli)
+else
+    echo "render_mvimgnet.sh: no Python environment at $venv (LIFT3D_ROOT=$LIFT3D_ROOT)." >&2
+    echo "  Set LIFT3D_VENV in $site_env (see slurm/site.env.example) or run 'make setup' in the repository." >&2
+    exit 2
+fi
+
+cpus="${SLURM_CPUS_PER_TASK:-$(nproc)}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$cpus}" OPENCV_NUM_THREADS="${OPENCV_NUM_THREADS:-$cpus}"
+
+array_min="${SLURM_ARRAY_TASK_MIN:-0}"
+task="${SLURM_ARRAY_TASK_ID:-0}"
+count="${SLURM_ARRAY_TASK_COUNT:-1}"
+echo "render_mvimgnet: host $(hostname) job ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}" \
+     "array task ${task} (slice $(( task - array_min )) of ${count}: sorted videos $(( task - array_min ))::${count})" \
+     "cpus ${cpus} restart ${SLURM_RESTART_COUNT:-0} start $(date -Is)"
+cmd=("${render[@]}" mvimgnet "$@")
+echo "render_mvimgnet: repo ${LIFT3D_ROOT} site settings ${site_env}$([[ -f "$site_env" ]] || echo ' (none)')"
+echo "render_mvimgnet: ${cmd[*]}"
+
+status=0
+"${cmd[@]}" || status=$?
+echo "render_mvimgnet: array task ${task} finished with status ${status} at $(date -Is)"
+exit "$status"
