@@ -30,6 +30,7 @@ def main(asset, out_dir, uid, resolution, samples, rig_name):
     bs.setup_lighting(settings, object_rng("lighting", uid, 0))
     bs.setup_render(settings)
     cam = bs.add_camera()
+    bpy.context.scene.render.use_persistent_data = False  # the public scripts rebuild the scene for every render
     scene, layer = bpy.context.scene, bpy.context.view_layer
     os.makedirs(out_dir, exist_ok=True)
     for i in range(len(rig)):
@@ -54,3 +55,5 @@ def main(asset, out_dir, uid, resolution, samples, rig_name):
 if __name__ == "__main__":
     a = sys.argv[1:]
     main(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5])
+    sys.stdout.flush()
+    os._exit(0)  # bpy 4.2 can crash in its own teardown at interpreter exit; everything is written

@@ -1,0 +1,178 @@
+"""Decoding shard format v1 samples — only the views a sample needs.
+
+A sample arrives as webdataset yields it: a dict of raw bytes keyed by member suffix (``__key__``, ``__url__``,
+``000.rgba.png``, ``000.depth.png``, optional ``000.normal.png``, ``cameras.npz``, ``meta.json``). The cheap
+members (``meta.json``, ``cameras.npz``) are parsed first so the caller can pick view indices; then only the
+PNGs of those views are decoded. Every problem with the data raises :class:`CorruptSampleError` naming the
+sample key, the member and the reason, so the loader can report and skip the sample.
+
+Decoded arrays (H, W = the stored image size, ``hw`` in cameras.npz)::
+
+    rgba    (H, W, 4) uint8, RGBA order, straight (un-premultiplied) alpha
+    depth   (H, W)    float32 metres of z-depth, 0 = no surface   (stored uint16 / meta ``depth_scale``)
+    normal  (H, W, 3) float32 world-space unit normals in [-1, 1], 0 where no surface
+
+meta.json carries the view roles as ``view_roles`` (one string per view; ``roles`` is accepted too); a sample
+without them has no ``source`` view.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import cv2
+import numpy as np
+
+FORMAT = "lift3d-shard-v1"
+
+#: Error kinds used for the loader's counters (``ShardDataModule.errors``).
+KINDS = ("shard_read", "truncated_shard", "missing_member", "bad_png", "bad_cameras", "bad_meta", "bad_views", "decode_error")
+
+
+class CorruptSampleError(ValueError):
+    """A sample whose member ``member`` cannot be used; ``kind`` is one of :data:`KINDS`."""
+
+    def __init__(self, key: str, member: str, reason: str, kind: str = "decode_error"):
+        self.key, self.member, self.reason = key, member, reason
+        self.kind = kind if kind in KINDS else "decode_error"
+        super().__init__(f"sample {key!r}, member {member!r}: {reason}")
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return CorruptSampleError, (self.key, self.member, self.reason, self.kind)
+
+
+def sample_key(sample: dict) -> str:
+    return str(sample.get("__key__", "?"))
+
+
+def _member(sample: dict, name: str) -> bytes:
+    data = sample.get(name)
+    if data is None:
+        present = sorted(k for k in sample if not k.startswith("__"))
+        raise CorruptSampleError(sample_key(sample), name,
+                                 f"member is missing (the sample has {len(present)} members; a truncated shard, "
+                                 f"or a writer that is not format v1)", kind="missing_member")
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CorruptSampleError(sample_key(sample), name, f"expected raw bytes, got {type(data).__name__}; "
+                                 "do not put a webdataset .decode() stage before this decoder", kind="decode_error")
+    return bytes(data)
+
+
+def read_meta(sample: dict) -> dict:
+    """Parsed ``meta.json``; checks the format tag and ``depth_scale``."""
+    key = sample_key(sample)
+    try:
+        meta = json.loads(_member(sample, "meta.json"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptSampleError(key, "meta.json", f"not valid JSON ({exc})", kind="bad_meta") from exc
+    if not isinstance(meta, dict):
+        raise CorruptSampleError(key, "meta.json", f"expected a JSON object, got {type(meta).__name__}", "bad_meta")
+    if meta.get("format") != FORMAT:
+        raise CorruptSampleError(key, "meta.json", f"format is {meta.get('format')!r}, expected {FORMAT!r}",
+                                 kind="bad_meta")
+    scale = meta.get("depth_scale")
+    if not isinstance(scale, (int, float)) or not scale > 0:
+        raise CorruptSampleError(key, "meta.json", f"depth_scale must be a positive number, got {scale!r}",
+                                 kind="bad_meta")
+    return meta
+
+
+def read_cameras(sample: dict, num_views: int | None = None) -> dict[str, np.ndarray]:
+    """``c2w`` (V,4,4) float32, ``K`` (V,3,3) float32, ``hw`` (V,2) int32 from ``cameras.npz``, shape-checked."""
+    key = sample_key(sample)
+    raw = _member(sample, "cameras.npz")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            cams = {name: np.asarray(npz[name]) for name in ("c2w", "K", "hw")}
+    except KeyError as exc:
+        raise CorruptSampleError(key, "cameras.npz", f"array {exc} is missing; expected c2w, K and hw",
+                                 kind="bad_cameras") from exc
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise CorruptSampleError(key, "cameras.npz", f"not a readable .npz ({exc})", kind="bad_cameras") from exc
+    v = len(cams["c2w"])
+    expected = {"c2w": (v, 4, 4), "K": (v, 3, 3), "hw": (v, 2)}
+    for name, shape in expected.items():
+        if cams[name].shape != shape:
+            raise CorruptSampleError(key, "cameras.npz", f"{name} has shape {cams[name].shape}, expected {shape}",
+                                     kind="bad_cameras")
+    if num_views is not None and v != num_views:
+        raise CorruptSampleError(key, "cameras.npz", f"{v} cameras but meta.json num_views is {num_views}",
+                                 kind="bad_cameras")
+    if not (np.isfinite(cams["c2w"]).all() and np.isfinite(cams["K"]).all()):
+        raise CorruptSampleError(key, "cameras.npz", "c2w or K holds NaN/inf", kind="bad_cameras")
+    return {"c2w": cams["c2w"].astype(np.float32), "K": cams["K"].astype(np.float32),
+            "hw": cams["hw"].astype(np.int32)}
+
+
+def view_roles(meta: dict, num_views: int, key: str = "?") -> list[str]:
+    """One role string per view (``view_roles`` or ``roles`` in meta.json); ``gt`` for all when absent."""
+    roles = meta.get("view_roles", meta.get("roles"))
+    if roles is None:
+        return ["gt"] * num_views
+    if not isinstance(roles, list) or len(roles) != num_views:
+        got = len(roles) if isinstance(roles, list) else type(roles).__name__
+        raise CorruptSampleError(key, "meta.json", f"view_roles must list {num_views} roles, got {got}",
+                                 kind="bad_meta")
+    return [str(r) for r in roles]
+
+
+def _decode_png(sample: dict, name: str, channels: int, dtype, hw) -> np.ndarray:
+    key = sample_key(sample)
+    buf = np.frombuffer(_member(sample, name), dtype=np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise CorruptSampleError(key, name, f"PNG decoding failed ({exc})", kind="bad_png") from exc
+    if img is None:
+        raise CorruptSampleError(key, name, f"not a decodable PNG ({len(buf)} bytes)", kind="bad_png")
+    got_c = 1 if img.ndim == 2 else img.shape[2]
+    if got_c != channels or img.dtype != dtype:
+        raise CorruptSampleError(key, name, f"decoded as {img.dtype} with {got_c} channels, expected "
+                                 f"{np.dtype(dtype)} with {channels}", kind="bad_png")
+    if hw is not None and tuple(img.shape[:2]) != tuple(int(x) for x in hw):
+        raise CorruptSampleError(key, name, f"image is {img.shape[0]}x{img.shape[1]} but cameras.npz hw says "
+                                 f"{int(hw[0])}x{int(hw[1])}", kind="bad_png")
+    return img
+
+
+def decode_bgra(sample: dict, view: int, hw=None) -> np.ndarray:
+    """(H, W, 4) uint8 in OpenCV's BGRA order, straight alpha (what cv2 decodes; no conversion)."""
+    return _decode_png(sample, f"{view:03d}.rgba.png", 4, np.uint8, hw)
+
+
+def decode_rgba(sample: dict, view: int, hw=None) -> np.ndarray:
+    """(H, W, 4) uint8 RGBA, straight alpha, of view ``view``."""
+    return cv2.cvtColor(decode_bgra(sample, view, hw), cv2.COLOR_BGRA2RGBA)
+
+
+def decode_depth_raw(sample: dict, view: int, hw=None) -> np.ndarray:
+    """(H, W) uint16 as stored (depth × depth_scale)."""
+    return _decode_png(sample, f"{view:03d}.depth.png", 1, np.uint16, hw)
+
+
+def decode_depth(sample: dict, view: int, depth_scale: float, hw=None) -> np.ndarray:
+    """(H, W) float32 z-depth in metres; 0 = no surface."""
+    return decode_depth_raw(sample, view, hw).astype(np.float32) * np.float32(1.0 / depth_scale)
+
+
+def decode_normal(sample: dict, view: int, hw=None) -> np.ndarray:
+    """(H, W, 3) float32 world-space normals in [-1, 1]; 0 where the stored pixel is (0, 0, 0)."""
+    bgr = _decode_png(sample, f"{view:03d}.normal.png", 3, np.uint8, hw)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    n = rgb.astype(np.float32) * np.float32(2.0 / 255.0) - 1.0
+    n[(rgb == 0).all(axis=-1)] = 0.0
+    return n
+
+
+def check_views(sample: dict, indices, num_views: int, normals: bool = False) -> None:
+    """Raise if a selected view index is out of range or one of its members is absent (before any decoding)."""
+    key = sample_key(sample)
+    for i in indices:
+        if not 0 <= int(i) < num_views:
+            raise CorruptSampleError(key, f"{int(i):03d}.rgba.png", f"view {int(i)} is outside 0..{num_views - 1}",
+                                     kind="bad_views")
+        kinds = ("rgba", "depth", "normal") if normals else ("rgba", "depth")
+        for kind in kinds:
+            _member(sample, f"{int(i):03d}.{kind}.png")

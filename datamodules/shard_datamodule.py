@@ -1,0 +1,324 @@
+"""ShardDataModule: format-v1 WebDataset shards → view-sampled batches (see ``datamodules.views`` for the dict).
+
+Two epoch modes:
+
+* ``resampled: true`` — streaming: each DataLoader worker draws shards with replacement forever, cut to
+  ``samples_per_epoch`` (global, split evenly over ranks and workers) with webdataset's ``with_epoch``. Every rank
+  sees the same number of batches, so this is the mode for multi-GPU training.
+* ``resampled: false`` — exact epochs: shards are split by node (rank) and then by worker, each sample is read
+  once per epoch. ``index.json`` sample counts, when present, give the epoch length. Ranks whose shards hold
+  different numbers of samples yield different numbers of batches (a warning says so); use it for validation or
+  single-process runs.
+
+Bad data never stops a run: an unreadable shard (a webdataset handler) or a corrupt member (the decoder's
+:class:`~datamodules.decode.CorruptSampleError`) is logged — shard URL, key, member, reason — skipped, and counted
+in ``ShardDataModule.errors`` (kind → count, summed over the main process and DataLoader workers through a
+shared-memory tensor; best effort).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import zipfile
+import zlib
+from typing import Optional, Union
+
+import braceexpand
+import cv2
+import lightning as L
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from datamodules.decode import KINDS, CorruptSampleError
+from datamodules.views import ViewSampler
+
+log = logging.getLogger(__name__)
+MAX_WORKERS = 256  # rows of the shared error-counter tensor: row 0 = main process, row 1 + w = worker w
+
+DATA_ERRORS = (CorruptSampleError, ValueError, KeyError, IndexError, OSError, EOFError, cv2.error,
+               zipfile.BadZipFile)
+
+
+def _index_counts(directory: str) -> dict[str, int]:
+    path = os.path.join(directory, "index.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        doc = json.load(f)
+    return {os.path.join(directory, s["url"]): int(s["nsamples"]) for s in doc.get("shardlist", [])}
+
+
+def resolve_shards(spec: Union[str, list[str]]) -> tuple[list[str], dict[str, int]]:
+    """Shard URLs and known sample counts from brace patterns, globs, a directory / index.json, or a list."""
+    if isinstance(spec, (list, tuple)):
+        urls, counts = [], {}
+        for s in spec:
+            u, c = resolve_shards(s)
+            urls += u
+            counts.update(c)
+        return urls, counts
+    spec = os.path.expanduser(str(spec))
+    if os.path.isdir(spec) or os.path.basename(spec) == "index.json":
+        directory = spec if os.path.isdir(spec) else os.path.dirname(spec)
+        counts = _index_counts(directory)
+        urls = sorted(counts) or sorted(glob.glob(os.path.join(directory, "*.tar")))
+        if not urls:
+            raise FileNotFoundError(f"no shards in {directory!r} (no index.json and no *.tar): render some with "
+                                    f"`lift3d-render ... --out {spec}` or point the shards option elsewhere")
+        return urls, counts
+    urls = list(braceexpand.braceexpand(spec))
+    if "://" in spec or spec.startswith("pipe:"):
+        return urls, {}  # remote: no globbing, no index
+    expanded = []
+    for u in urls:
+        matches = sorted(glob.glob(u)) if glob.has_magic(u) else [u]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise FileNotFoundError(f"no shard matches {u!r} (from {spec!r}, cwd {os.getcwd()}); "
+                                    "expected a .tar path, glob, brace pattern or a shard directory")
+        expanded += matches
+    counts = {}
+    for d in sorted({os.path.dirname(u) for u in expanded}):
+        counts.update({u: n for u, n in _index_counts(d).items() if u in set(expanded)})
+    return expanded, counts
+
+
+class ShardDataset(IterableDataset):
+    """Iterable over view-sampled samples of some shards; the pipeline is built per epoch in each worker."""
+
+    def __init__(self, urls: list[str], sampler: ViewSampler, counts: Optional[dict[str, int]] = None,
+                 resampled: bool = False, samples_per_epoch: Optional[int] = None, shuffle_buffer: int = 0,
+                 seed: int = 0, num_workers: int = 0, batch_size: int = 1, fixed_views: bool = False,
+                 error_counts: Optional[torch.Tensor] = None):
+        if not urls:
+            raise ValueError("ShardDataset needs at least one shard URL")
+        if resampled and not samples_per_epoch:
+            raise ValueError("resampled=True streams forever: set samples_per_epoch to the epoch length you want")
+        self.urls, self.sampler, self.counts = list(urls), sampler, dict(counts or {})
+        self.resampled, self.samples_per_epoch = resampled, samples_per_epoch
+        self.shuffle_buffer, self.seed, self.num_workers = shuffle_buffer, seed, num_workers
+        self.batch_size, self.fixed_views = batch_size, fixed_views  # fixed: the same views every epoch (val)
+        self.error_counts = error_counts if error_counts is not None else torch.zeros(MAX_WORKERS + 1, len(KINDS),
+                                                                                      dtype=torch.int64)
+        self.epoch = 0  # set by the DataLoader each epoch (``set_epoch``)
+        self._local_iters = 0  # persistent workers never see set_epoch: count epochs locally too
+        self._url = "?"
+        self.rank_world: Optional[tuple[int, int]] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # --- error reporting ----------------------------------------------------------------------------------
+    def _count(self, kind: str) -> None:
+        info = get_worker_info()
+        row = 0 if info is None else 1 + info.id % MAX_WORKERS
+        self.error_counts[row, KINDS.index(kind)] += 1
+
+    def report(self, url: str, key: str, member: str, reason: str, kind: str) -> None:
+        self._count(kind)
+        log.warning("skipping corrupt data (%s): shard=%s key=%s member=%s reason=%s", kind, url, key, member, reason)
+
+    def handle_shard_error(self, exn: BaseException) -> bool:
+        """webdataset ``handler=``: log + count an unreadable shard / tar member and carry on (returns True)."""
+        urls = [a for a in getattr(exn, "args", ()) if isinstance(a, str) and a in self.urls]
+        detail = exn.args[0] if getattr(exn, "args", None) else exn
+        self.report(urls[-1] if urls else self._url, "-", "-", f"{type(exn).__name__}: {detail}", "shard_read")
+        return True
+
+    # --- pipeline -----------------------------------------------------------------------------------------
+    def node_info(self) -> tuple[int, int]:
+        """(rank, world size): recorded by the DataModule when it builds the loader, else webdataset's view."""
+        if self.rank_world is not None:
+            return self.rank_world
+        rank, world, _, _ = wds.utils.pytorch_worker_info()
+        return rank, world
+
+    def _split_by_node(self, src):
+        rank, world = self.node_info()
+        yield from itertools.islice(src, rank, None, world)
+
+    def _track_url(self, src):
+        for item in src:
+            self._url = item["url"]
+            self._check_tail(item["url"])
+            yield item
+
+    def _check_tail(self, url: str) -> None:
+        """Report a local shard that lacks tar's end-of-archive blocks (a torn copy); its whole samples still load.
+
+        Python's streaming tar reader stops quietly at a cut between members, so this is the only sign of one.
+        """
+        if "://" in url or url.startswith("pipe:") or not os.path.isfile(url):
+            return
+        size = os.path.getsize(url)
+        with open(url, "rb") as f:
+            f.seek(max(0, size - 1024))
+            tail = f.read()
+        if size % 512 or len(tail) < 1024 or tail.count(0) != len(tail):
+            self.report(url, "-", "-", f"truncated tar: {size} bytes and no end-of-archive marker; samples cut "
+                        "off are lost (re-copy the shard, or let lift3d-render recover its .tar.tmp)",
+                        "truncated_shard")
+
+    def _epoch_shards(self, src):
+        """Exact epochs: this worker's shards (a fixed set) in a new order each epoch."""
+        items = list(src)
+        rank, worker = self.node_info()[0], wds.utils.pytorch_worker_info()[2]
+        random.Random(f"{self.seed}|{self._epoch_id()}|{rank}|{worker}").shuffle(items)
+        yield from items
+
+    def _shuffle(self, src):
+        if self.shuffle_buffer <= 1:
+            yield from src
+            return
+        rank, worker = self.node_info()[0], wds.utils.pytorch_worker_info()[2]
+        rng = random.Random(f"{self.seed}|{self._epoch_id()}|{rank}|{worker}")
+        buf = []
+        for sample in src:
+            buf.append(sample)
+            if len(buf) >= self.shuffle_buffer:
+                yield buf.pop(rng.randrange(len(buf)))
+        rng.shuffle(buf)
+        yield from buf
+
+    def _decode(self, src):
+        for sample in src:
+            key, url = str(sample.get("__key__", "?")), str(sample.get("__url__", self._url))
+            rng = np.random.default_rng([self.seed, self._epoch_id(), zlib.crc32(key.encode())])
+            try:
+                yield self.sampler(sample, rng)
+            except CorruptSampleError as exc:
+                self.report(url, exc.key, exc.member, exc.reason, exc.kind)
+            except DATA_ERRORS as exc:  # anything else the bytes can make cv2/numpy raise
+                self.report(url, key, "?", f"{type(exc).__name__}: {exc}", "decode_error")
+
+    def _epoch_id(self) -> int:
+        if self.fixed_views:
+            return 0
+        return self.epoch * 1_000_003 + self._local_iters
+
+    def _worker_sample_counts(self) -> list[int]:
+        """Samples each DataLoader worker of this rank yields per epoch (from the process that builds the loader)."""
+        rank, world = self.node_info()
+        workers = max(1, self.num_workers)
+        if self.resampled:
+            return [math.ceil(self.samples_per_epoch / world / workers)] * workers
+        mine = self.urls[rank::world]
+        if not all(u in self.counts for u in mine):
+            raise TypeError("epoch length unknown: the shards have no index.json sample counts")
+        return [sum(self.counts[u] for u in mine[w::workers]) for w in range(workers)]
+
+    def __len__(self) -> int:
+        """A sample count whose ceil-division by ``batch_size`` is the exact number of batches of this rank.
+
+        (Each worker ends the epoch with its own partial batch, so this can exceed the true sample count.)
+        """
+        bs = self.batch_size
+        return bs * sum(math.ceil(n / bs) for n in self._worker_sample_counts())
+
+    def __iter__(self):
+        self._local_iters += 1
+        if self.resampled:
+            rank, worker = self.node_info()[0], wds.utils.pytorch_worker_info()[2]
+            shards = wds.ResampledShards(self.urls, seed=self.seed, deterministic=True,
+                                         worker_seed=lambda: rank * 1000 + worker)
+            shards.epoch = self._epoch_id() - 1  # its __iter__ adds one
+            stages = [shards]
+        else:
+            stages = [wds.SimpleShardList(self.urls), self._split_by_node, wds.split_by_worker, self._epoch_shards]
+        stages += [self._track_url, wds.tarfile_to_samples(handler=self.handle_shard_error), self._shuffle,
+                   self._decode]
+        pipeline = wds.DataPipeline(*stages)
+        if self.resampled:
+            pipeline = pipeline.with_epoch(self._worker_sample_counts()[0])
+        return iter(pipeline)
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that tells its dataset the epoch before workers start (non-persistent workers copy it)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._epochs = 0
+
+    def __iter__(self):
+        self.dataset.set_epoch(self._epochs)
+        self._epochs += 1
+        return super().__iter__()
+
+
+class ShardDataModule(L.LightningDataModule):
+    """LightningDataModule over shard format v1; every argument can be set from a LightningCLI ``data:`` block."""
+
+    def __init__(self, train_shards: Union[str, list[str]], val_shards: Optional[Union[str, list[str]]] = None,
+                 batch_size: int = 8, num_workers: int = 4, shuffle_buffer: int = 64, resampled: bool = True,
+                 samples_per_epoch: Optional[int] = None, seed: int = 0, num_target_views: int = 4,
+                 input_view: Union[str, int] = "source", include_input_in_targets: bool = False,
+                 input_size: int = 512, target_size: int = 512, target_crop_size: int = 0,
+                 background: str = "white", val_background: str = "white", pin_memory: bool = False,
+                 persistent_workers: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        if resampled and not samples_per_epoch:
+            raise ValueError("resampled=True needs samples_per_epoch (the number of samples that make an epoch); "
+                             "or set resampled=False for exact epochs over the shards")
+        view_args = dict(num_target_views=num_target_views, input_view=input_view,
+                         include_input_in_targets=include_input_in_targets, input_size=input_size,
+                         target_size=target_size, target_crop_size=target_crop_size)
+        self.train_sampler = ViewSampler(background=background, **view_args)
+        self.val_sampler = ViewSampler(background=val_background, **view_args)
+        self.error_counts = torch.zeros(MAX_WORKERS + 1, len(KINDS), dtype=torch.int64).share_memory_()
+        self.train_dataset: Optional[ShardDataset] = None
+        self.val_dataset: Optional[ShardDataset] = None
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """Skipped-data counts by kind (main process + workers), e.g. ``{"bad_png": 2, "shard_read": 1}``."""
+        totals = self.error_counts.sum(dim=0).tolist()
+        return {k: int(n) for k, n in zip(KINDS, totals) if n}
+
+    def _dataset(self, spec, sampler, train: bool) -> ShardDataset:
+        hp = self.hparams
+        urls, counts = resolve_shards(spec)
+        ds = ShardDataset(urls, sampler, counts, resampled=hp.resampled and train,
+                          samples_per_epoch=hp.samples_per_epoch, shuffle_buffer=hp.shuffle_buffer if train else 0,
+                          seed=hp.seed, num_workers=hp.num_workers, batch_size=hp.batch_size, fixed_views=not train,
+                          error_counts=self.error_counts)
+        rank, world, _, _ = wds.utils.pytorch_worker_info()
+        if not ds.resampled and world > 1 and all(u in counts for u in urls):
+            per_rank = {sum(counts[u] for u in urls[r::world]) for r in range(world)}
+            if len(per_rank) > 1 and rank == 0:
+                log.warning("exact epochs over %d ranks: ranks hold %s samples; DDP ranks will yield different "
+                            "numbers of batches. Use resampled=True for multi-GPU training.", world, sorted(per_rank))
+        return ds
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(self.hparams.train_shards, self.train_sampler, train=True)
+        if stage in (None, "fit", "validate") and self.val_dataset is None and self.hparams.val_shards:
+            self.val_dataset = self._dataset(self.hparams.val_shards, self.val_sampler, train=False)
+
+    def _loader(self, ds: ShardDataset) -> DataLoader:
+        hp = self.hparams
+        rank, world, _, _ = wds.utils.pytorch_worker_info()  # the main process, after DDP initialisation
+        ds.rank_world = (rank, world)
+        return _EpochLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
+                            persistent_workers=hp.persistent_workers and hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            self.setup("fit")
+        return self._loader(self.train_dataset)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_dataset is None:
+            self.setup("validate")
+        if self.val_dataset is None:
+            raise ValueError("val_dataloader() was asked for but val_shards is not set in the data config")
+        return self._loader(self.val_dataset)
