@@ -38,6 +38,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.decode import KINDS, CorruptSampleError
+from datamodules.tar_index import TarScanError, scan_samples
 from datamodules.views import ViewSampler
 
 log = logging.getLogger(__name__)
@@ -144,27 +145,22 @@ class ShardDataset(IterableDataset):
         rank, world = self.node_info()
         yield from itertools.islice(src, rank, None, world)
 
-    def _track_url(self, src):
+    def _samples(self, src):
+        """Shard URLs → samples: local files through the seek-based reader (only the members a view sampler asks
+        for are ever read), anything else (pipe:, http) through webdataset's streaming tar reader."""
         for item in src:
-            self._url = item["url"]
-            self._check_tail(item["url"])
-            yield item
-
-    def _check_tail(self, url: str) -> None:
-        """Report a local shard that lacks tar's end-of-archive blocks (a torn copy); its whole samples still load.
-
-        Python's streaming tar reader stops quietly at a cut between members, so this is the only sign of one.
-        """
-        if "://" in url or url.startswith("pipe:") or not os.path.isfile(url):
-            return
-        size = os.path.getsize(url)
-        with open(url, "rb") as f:
-            f.seek(max(0, size - 1024))
-            tail = f.read()
-        if size % 512 or len(tail) < 1024 or tail.count(0) != len(tail):
-            self.report(url, "-", "-", f"truncated tar: {size} bytes and no end-of-archive marker; samples cut "
-                        "off are lost (re-copy the shard, or let lift3d-render recover its .tar.tmp)",
-                        "truncated_shard")
+            url = self._url = item["url"]
+            if "://" in url or url.startswith("pipe:") or not os.path.isfile(url):
+                yield from wds.tarfile_to_samples(handler=self.handle_shard_error)([item])
+                continue
+            try:
+                yield from scan_samples(url)
+            except TarScanError as exc:
+                if exc.dropped is not None:
+                    self.report(url, exc.dropped, exc.member, "sample lost: " + exc.reason, "shard_read")
+                self.report(url, exc.key, exc.member, exc.reason, exc.kind)
+            except OSError as exc:
+                self.report(url, "-", "-", f"{type(exc).__name__}: {exc}", "shard_read")
 
     def _epoch_shards(self, src):
         """Exact epochs: this worker's shards (a fixed set) in a new order each epoch."""
@@ -232,8 +228,7 @@ class ShardDataset(IterableDataset):
             stages = [shards]
         else:
             stages = [wds.SimpleShardList(self.urls), self._split_by_node, wds.split_by_worker, self._epoch_shards]
-        stages += [self._track_url, wds.tarfile_to_samples(handler=self.handle_shard_error), self._shuffle,
-                   self._decode]
+        stages += [self._samples, self._shuffle, self._decode]
         pipeline = wds.DataPipeline(*stages)
         if self.resampled:
             pipeline = pipeline.with_epoch(self._worker_sample_counts()[0])
