@@ -4,8 +4,10 @@
                                            [--resolution 512] [--targets 4] [--passes 3]
 
 Loader: ``datamodules.shard_datamodule.ShardDataset`` iterated in this process (what one DataLoader worker does:
-read the tar, parse meta/cameras, pick 1 input + ``--targets`` supervision views, decode only their PNGs,
-composite on white, build tensors), at the stored resolution (512² by default), one OpenCV thread.
+scan the tar, parse meta/cameras, pick 1 input + ``--targets`` supervision views, read and decode only their
+PNGs, build uint8/uint16 tensors), at the stored resolution (512² by default), one OpenCV thread. Compositing and
+the float conversion run after the batch reaches the device (``datamodules.views.finalize`` in the datamodule's
+``on_after_batch_transfer``); their CPU cost is printed separately for reference.
 Limit: ``cv2.imdecode`` of exactly the PNG members the loader decoded (input RGBA, target RGBA + depth), from
 memory, in the same process. Prints both rates in samples/s and their ratio (target ≥ 0.8), then a block for
 BENCHMARKS.md. Without ``--shards`` it first writes ``--objects`` synthetic objects (smooth shaded shapes with
@@ -30,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from datamodules.shard_datamodule import ShardDataset, resolve_shards  # noqa: E402
-from datamodules.views import ViewSampler  # noqa: E402
+from datamodules.views import ViewSampler, finalize  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
 from geometry.rigs import lrm32  # noqa: E402
 from render_farm.shards import ShardWriter, encode_sample  # noqa: E402
 
@@ -97,6 +100,16 @@ def run_decode(urls, picks) -> float:
     return len(jobs) / (time.perf_counter() - start)
 
 
+def time_finalize(ds, batch_size: int) -> float:
+    """CPU milliseconds per sample of ``finalize`` (compositing + float conversion) on a collated batch."""
+    batch = default_collate([s for _, s in zip(range(batch_size), ds)])
+    finalize(batch)
+    start = time.perf_counter()
+    for _ in range(5):
+        finalize(batch)
+    return (time.perf_counter() - start) / 5 / batch_size * 1e3
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shards", help="shards to read (glob, brace pattern, directory); default: synthetic ones")
@@ -122,6 +135,7 @@ def main(argv=None) -> None:
         run_loader(urls, counts, sampler, 1)  # warm-up: page cache, imports, allocator
         loader_rate, picks, ds = run_loader(urls, counts, sampler, args.passes)
         decode_rate = max(run_decode(urls, picks) for _ in range(2))
+        finalize_ms = time_finalize(ds, 8)
         skipped = int(ds.error_counts.sum())
         shard_bytes = sum(os.path.getsize(u) for u in urls if os.path.isfile(u))
     finally:
@@ -139,11 +153,13 @@ def main(argv=None) -> None:
 - command: `{cmd.strip()}`
 - data: {len(urls)} shards, {sum(counts.values()) if counts else '?'} objects, {shard_bytes / 2**20:.0f} MiB; \
 1 input + {args.targets} supervision views per sample ({pngs} PNGs decoded), {len(picks)} samples timed
-- loader (ShardDataset in-process: tar → meta/cameras → {pngs} PNGs → composite → tensors): \
+- loader (ShardDataset in-process: tar scan → meta/cameras → {pngs} PNGs → uint8/uint16 tensors): \
 **{loader_rate:.1f} samples/s**
 - limit (cv2.imdecode of the same {pngs} PNG members per sample, from memory): **{decode_rate:.1f} samples/s**
 - ratio loader / PNG decode: **{ratio:.2f}** (target ≥ 0.8){'' if ratio >= 0.8 else '  BELOW TARGET'}
 - skipped/corrupt data events: {skipped}
+- for reference: `finalize` (composite + float32, done on the device in training) costs {finalize_ms:.2f} ms per \
+sample on this CPU
 """)
 
 

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.decode import KINDS, CorruptSampleError
 from datamodules.tar_index import TarScanError, scan_samples
-from datamodules.views import ViewSampler
+from datamodules.views import ViewSampler, finalize
 
 log = logging.getLogger(__name__)
 MAX_WORKERS = 256  # rows of the shared error-counter tensor: row 0 = main process, row 1 + w = worker w
@@ -97,7 +97,7 @@ class ShardDataset(IterableDataset):
     def __init__(self, urls: list[str], sampler: ViewSampler, counts: Optional[dict[str, int]] = None,
                  resampled: bool = False, samples_per_epoch: Optional[int] = None, shuffle_buffer: int = 0,
                  seed: int = 0, num_workers: int = 0, batch_size: int = 1, fixed_views: bool = False,
-                 error_counts: Optional[torch.Tensor] = None):
+                 error_counts: Optional[torch.Tensor] = None, finalize: bool = False):
         if not urls:
             raise ValueError("ShardDataset needs at least one shard URL")
         if resampled and not samples_per_epoch:
@@ -106,6 +106,7 @@ class ShardDataset(IterableDataset):
         self.resampled, self.samples_per_epoch = resampled, samples_per_epoch
         self.shuffle_buffer, self.seed, self.num_workers = shuffle_buffer, seed, num_workers
         self.batch_size, self.fixed_views = batch_size, fixed_views  # fixed: the same views every epoch (val)
+        self.finalize = finalize  # composite + float conversion per sample here, rather than on the device
         self.error_counts = error_counts if error_counts is not None else torch.zeros(MAX_WORKERS + 1, len(KINDS),
                                                                                       dtype=torch.int64)
         self.epoch = 0  # set by the DataLoader each epoch (``set_epoch``)
@@ -188,7 +189,8 @@ class ShardDataset(IterableDataset):
             key, url = str(sample.get("__key__", "?")), str(sample.get("__url__", self._url))
             rng = np.random.default_rng([self.seed, self._epoch_id(), zlib.crc32(key.encode())])
             try:
-                yield self.sampler(sample, rng)
+                out = self.sampler(sample, rng)
+                yield finalize(out) if self.finalize else out
             except CorruptSampleError as exc:
                 self.report(url, exc.key, exc.member, exc.reason, exc.kind)
             except DATA_ERRORS as exc:  # anything else the bytes can make cv2/numpy raise
@@ -257,9 +259,12 @@ class ShardDataModule(L.LightningDataModule):
                  input_view: Union[str, int] = "source", include_input_in_targets: bool = False,
                  input_size: int = 512, target_size: int = 512, target_crop_size: int = 0,
                  background: str = "white", val_background: str = "white", pin_memory: bool = False,
-                 persistent_workers: bool = False):
+                 persistent_workers: bool = False, finalize_on: str = "auto"):
         super().__init__()
         self.save_hyperparameters()
+        if finalize_on not in ("auto", "device", "workers"):
+            raise ValueError(f"finalize_on {finalize_on!r}: expected 'device' (composite + float conversion after "
+                             "the batch reaches the accelerator), 'workers' (in the DataLoader workers) or 'auto'")
         if resampled and not samples_per_epoch:
             raise ValueError("resampled=True needs samples_per_epoch (the number of samples that make an epoch); "
                              "or set resampled=False for exact epochs over the shards")
@@ -281,7 +286,8 @@ class ShardDataModule(L.LightningDataModule):
     def _dataset(self, spec, sampler, train: bool) -> ShardDataset:
         hp = self.hparams
         urls, counts = resolve_shards(spec)
-        ds = ShardDataset(urls, sampler, counts, resampled=hp.resampled and train,
+        in_workers = hp.finalize_on == "workers" or (hp.finalize_on == "auto" and not torch.cuda.is_available())
+        ds = ShardDataset(urls, sampler, counts, resampled=hp.resampled and train, finalize=in_workers,
                           samples_per_epoch=hp.samples_per_epoch, shuffle_buffer=hp.shuffle_buffer if train else 0,
                           seed=hp.seed, num_workers=hp.num_workers, batch_size=hp.batch_size, fixed_views=not train,
                           error_counts=self.error_counts)
@@ -305,6 +311,12 @@ class ShardDataModule(L.LightningDataModule):
         ds.rank_world = (rank, world)
         return _EpochLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
                             persistent_workers=hp.persistent_workers and hp.num_workers > 0)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Lightning hands every batch here once it is on the device: integer images → the float training dict
+        (``datamodules.views.finalize``), so float32 images are made on the accelerator. With ``finalize_on``
+        'workers' (the 'auto' choice without CUDA) the workers already did it and this returns the batch as is."""
+        return finalize(batch)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:

@@ -1,7 +1,22 @@
-"""View sampling: one input view + N supervision views per object, composited, resized, cropped.
+"""View sampling: one input view + N supervision views per object, resized, cropped, composited.
 
-Output of :meth:`ViewSampler.__call__` (a dict; N = ``num_target_views``, Hi = Wi = ``input_size``,
-H = W = ``target_crop_size`` or else ``target_size``; a size of 0 keeps the stored resolution)::
+The loader carries compact integer images; :func:`finalize` turns them into the training batch — on the GPU
+when the ShardDataModule's ``on_after_batch_transfer`` calls it, so a float32 image never crosses the host
+(4× less loader work and host→device traffic for images, 2× for depth). Without a GPU the DataLoader workers
+call it per sample instead (``ShardDataModule(finalize_on=...)``).
+
+:meth:`ViewSampler.__call__` returns the *raw* sample (what DataLoader workers produce and collate)::
+
+    key / input_view / target_views / input_c2w / target_c2w / input_K / target_K   as below
+    input_bgra     (Hi, Wi, 4) uint8   straight-alpha colour + alpha, OpenCV's B, G, R, A channel order
+    target_bgra    (N, H, W, 4) uint8  the same for the supervision views
+    target_depth16 (N, H, W) uint16    depth × depth_scale, as stored (0 = no surface)
+    depth_scale    ()  float32
+    background     (3,) float32        RGB in [0, 1], one colour per sample
+
+:func:`finalize` of that (one sample or a collated batch, any device) is the training dict (N =
+``num_target_views``, Hi = Wi = ``input_size``, H = W = ``target_crop_size`` or else ``target_size``; a size of 0
+keeps the stored resolution)::
 
     key            str
     input_view     int                 index of the input view in the sample
@@ -16,8 +31,9 @@ H = W = ``target_crop_size`` or else ``target_size``; a size of 0 keeps the stor
     target_c2w     (N, 4, 4)
     target_K       (N, 3, 3)           pixels of the (resized, cropped) target images
 
-Compositing happens at the stored resolution, before resizing, so the colour of fully transparent pixels never
-bleeds into silhouettes. Camera maths goes through ``geometry.cameras`` only.
+Views kept at their stored size are copied as decoded. Views that are resized are premultiplied by alpha first
+(then divided back), so the colour of fully transparent pixels never bleeds into silhouettes.
+Camera maths goes through ``geometry.cameras`` only.
 """
 
 from __future__ import annotations
@@ -26,8 +42,8 @@ import cv2
 import numpy as np
 import torch
 
-from datamodules.decode import (CorruptSampleError, check_views, decode_bgra, decode_depth, decode_depth_raw,
-                                read_cameras, read_meta, sample_key, view_roles)
+from datamodules.decode import (CorruptSampleError, check_views, decode_bgra, decode_depth_raw, read_cameras,
+                                read_meta, sample_key, view_roles)
 from geometry.cameras import crop_intrinsics, scale_intrinsics
 
 BACKGROUNDS = ("white", "black", "random")
@@ -56,7 +72,6 @@ def select_views(roles: list[str], num_targets: int, input_view, include_input: 
 
 
 def background_colour(background: str, rng: np.random.Generator) -> np.ndarray:
-    """(3,) float32 RGB in [0, 1]."""
     if background == "white":
         return np.ones(3, np.float32)
     if background == "black":
@@ -66,57 +81,69 @@ def background_colour(background: str, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(f"background {background!r} is not one of {BACKGROUNDS}")
 
 
-def composite(rgba: np.ndarray, bg: np.ndarray, bgra: bool = False, out: np.ndarray | None = None,
-              alpha_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Straight-alpha (H,W,4) uint8 over colour ``bg`` → RGB (3,H,W) float32 in [0,1] and alpha (H,W) float32.
+def _alpha_scale(bgra: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.extractChannel(bgra, 3), cv2.COLOR_GRAY2BGRA)  # (a, a, a, 255) per pixel
 
-    ``bgra``: the channels are in OpenCV's B, G, R, A order (as decoded), saving a colour conversion.
-    ``out`` / ``alpha_out``: arrays to write into (e.g. a slot of the batch). Works plane by plane: numpy
-    broadcasting over a trailing axis of 3 is ~15× slower.
-    """
-    alpha = np.empty(rgba.shape[:2], np.float32) if alpha_out is None else alpha_out
-    alpha[...] = rgba[..., 3]  # plain casts and in-place float ops: mixed-dtype ufuncs are several times slower
-    alpha *= np.float32(1.0 / 255.0)
-    rgb = np.empty((3,) + alpha.shape, np.float32) if out is None else out  # (3, H, W)
-    weight = alpha * np.float32(1.0 / 255.0)  # colour byte → its share: c·a = byte · a / 255
-    rest = np.float32(1.0) - alpha  # background share 1 − a
-    for c in range(3):  # c·a + bg·(1 − a), two passes per plane
-        plane = rgb[c]
-        plane[...] = rgba[..., 2 - c if bgra else c]
-        plane *= weight
-        if bg[c] == 1.0:
-            plane += rest
-        elif bg[c] != 0.0:
-            plane += rest * np.float32(bg[c])
+
+def premultiply(bgra: np.ndarray) -> np.ndarray:
+    """Straight-alpha (H,W,4) uint8 → colour × alpha / 255 (rounded), alpha kept; one vectorised pass."""
+    return cv2.multiply(bgra, _alpha_scale(bgra), scale=1.0 / 255.0)
+
+
+def unpremultiply(pm: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`premultiply` (colour 0 where alpha is 0); its rounding error, times alpha, stays < 1/255."""
+    return cv2.divide(pm, _alpha_scale(pm), scale=255.0)
+
+
+def resize_view(bgra: np.ndarray, depth16, K, size_hw: tuple[int, int]):
+    """Resize straight-alpha colour + alpha (filtered premultiplied: INTER_AREA when shrinking, linear when
+    growing) and depth (nearest, never blended). K follows through ``geometry.cameras.scale_intrinsics``."""
+    h, w = bgra.shape[:2]
+    th, tw = size_hw
+    if (th, tw) == (h, w):
+        return bgra, depth16, np.asarray(K, np.float64)
+    interp = cv2.INTER_AREA if th <= h and tw <= w else cv2.INTER_LINEAR
+    bgra = unpremultiply(cv2.resize(premultiply(bgra), (tw, th), interpolation=interp))
+    if depth16 is not None:
+        depth16 = cv2.resize(depth16, (tw, th), interpolation=cv2.INTER_NEAREST_EXACT)
+    return bgra, depth16, scale_intrinsics(K, tw / w, th / h)
+
+
+def crop_view(bgra, depth16, K, x0: int, y0: int, size: int):
+    """The ``size``×``size`` crop with top-left pixel (x0, y0); K follows through ``crop_intrinsics``."""
+    sl = (slice(y0, y0 + size), slice(x0, x0 + size))
+    depth16 = None if depth16 is None else depth16[sl]
+    return bgra[sl], depth16, crop_intrinsics(K, x0, y0)
+
+
+def _colour_alpha(bgra: torch.Tensor, background: torch.Tensor, lead: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(…, H, W, 4) straight-alpha BGRA uint8 → RGB over ``background`` (…, 3, H, W) and alpha (…, 1, H, W)."""
+    x = bgra.movedim(-1, -3)  # (…, 4, H, W), a uint8 view
+    alpha = x[..., 3:4, :, :].float().mul_(1.0 / 255.0)
+    rgb = torch.empty(x.shape[:-3] + (3,) + x.shape[-2:], dtype=torch.float32, device=x.device)
+    for dst, src in enumerate((2, 1, 0)):  # BGR → RGB while converting (channel copies on uint8 are cheap)
+        rgb[..., dst, :, :] = x[..., src, :, :]
+    bg = background.reshape(background.shape[:-1] + (1,) * lead + (3, 1, 1)).to(rgb.dtype)
+    rgb.mul_(1.0 / 255.0).sub_(bg).mul_(alpha).add_(bg)  # bg + a·(c − bg) = c·a + bg·(1 − a)
     return rgb, alpha
 
 
-def resize_view(rgb, alpha, depth, K, size_hw: tuple[int, int]):
-    """Resize colour (3,H,W) and alpha (INTER_AREA when shrinking, linear when growing) and depth (nearest).
-
-    K follows through ``geometry.cameras.scale_intrinsics``.
-    """
-    h, w = alpha.shape
-    th, tw = size_hw
-    if (th, tw) == (h, w):
-        return rgb, alpha, depth, np.asarray(K, np.float64)
-    interp = cv2.INTER_AREA if th <= h and tw <= w else cv2.INTER_LINEAR
-    rgb = np.stack([cv2.resize(plane, (tw, th), interpolation=interp) for plane in rgb])
-    alpha = cv2.resize(alpha, (tw, th), interpolation=interp)
-    if depth is not None:
-        depth = cv2.resize(depth, (tw, th), interpolation=cv2.INTER_NEAREST_EXACT)
-    return rgb, alpha, depth, scale_intrinsics(K, tw / w, th / h)
-
-
-def crop_view(rgb, alpha, depth, K, x0: int, y0: int, size: int):
-    """The ``size``×``size`` crop with top-left pixel (x0, y0); K follows through ``crop_intrinsics``."""
-    sl = (slice(y0, y0 + size), slice(x0, x0 + size))
-    depth = None if depth is None else depth[sl]
-    return rgb[(slice(None),) + sl], alpha[sl], depth, crop_intrinsics(K, x0, y0)
+def finalize(raw: dict) -> dict:
+    """The raw loader output (one sample or a batch, on any device) → the float training dict of this module."""
+    if "input_bgra" not in raw:
+        return raw  # already final
+    out = {k: v for k, v in raw.items() if k not in ("input_bgra", "target_bgra", "target_depth16", "depth_scale",
+                                                     "background")}
+    bg = raw["background"]
+    out["input_image"], out["input_mask"] = _colour_alpha(raw["input_bgra"], bg, lead=0)
+    out["target_images"], out["target_masks"] = _colour_alpha(raw["target_bgra"], bg, lead=1)
+    scale = raw["depth_scale"].reshape(raw["depth_scale"].shape + (1, 1, 1, 1)).float()
+    out["target_depths"] = raw["target_depth16"].unsqueeze(-3).float() / scale
+    return out
 
 
 class ViewSampler:
-    """Turns one raw format-v1 sample into the training dict above (callable, picklable for DataLoader workers)."""
+    """Turns one raw format-v1 sample into the raw loader dict above (callable, picklable for DataLoader workers)."""
 
     def __init__(self, num_target_views: int = 4, input_view: str | int = "source",
                  include_input_in_targets: bool = False, input_size: int = 512, target_size: int = 512,
@@ -139,47 +166,38 @@ class ViewSampler:
     def _size(self, size: int, hw) -> tuple[int, int]:
         return (int(hw[0]), int(hw[1])) if not size else (size, size)
 
-    def _view(self, sample, i, cams, depth_scale, bg, size, rng, cache, out, with_depth) -> np.ndarray:
-        """Fill ``out`` (slots image (3,h,w), mask (h,w), depth (h,w)) with view ``i``; returns its K."""
+    def _view(self, sample, i, cams, size, rng, cache, bgra_out, depth_out) -> np.ndarray:
+        """Fill ``bgra_out`` (h,w,4) and ``depth_out`` (h,w) or None with view ``i``; returns its K."""
         hw = cams["hw"][i]
+        target_hw = self._size(size, hw)
+        direct = tuple(target_hw) == tuple(int(x) for x in hw) and bgra_out.shape[:2] == tuple(target_hw)
         if i not in cache:  # the input view may also be a target: decode its PNG once
             cache[i] = decode_bgra(sample, i, hw)
-        image, mask = out["image"], out["mask"]
-        target_hw = self._size(size, hw)
-        direct = tuple(target_hw) == tuple(int(x) for x in hw) and image.shape[1:] == tuple(target_hw)
-        if direct:  # no resize, no crop: composite straight into the batch slot
-            composite(cache[i], bg, bgra=True, out=image, alpha_out=mask)
-            rgb = alpha = None
-        else:
-            rgb, alpha = composite(cache[i], bg, bgra=True)
-        depth = None
-        if with_depth and direct:  # uint16 → metres straight into the slot
-            slot = out["depth"]
-            slot[...] = decode_depth_raw(sample, i, hw)
-            slot *= np.float32(1.0 / depth_scale)
-        elif with_depth:
-            depth = decode_depth(sample, i, depth_scale, hw)
         K = np.asarray(cams["K"][i], np.float64)
-        if not direct:
-            rgb, alpha, depth, K = resize_view(rgb, alpha, depth, K, target_hw)
-            if image.shape[1:] != alpha.shape:  # a random crop of the resized view
-                h, w = alpha.shape
-                if self.crop > min(h, w):
-                    raise CorruptSampleError(sample_key(sample), f"{i:03d}.rgba.png", f"view is {h}x{w}, smaller "
-                                             f"than target_crop_size {self.crop}", kind="bad_views")
-                x0, y0 = int(rng.integers(w - self.crop + 1)), int(rng.integers(h - self.crop + 1))
-                rgb, alpha, depth, K = crop_view(rgb, alpha, depth, K, x0, y0, self.crop)
-            image[...], mask[...] = rgb, alpha
-        if depth is not None:
-            out["depth"][...] = depth
+        if direct:  # no resize, no crop: the decoded pixels go to the batch as they are
+            bgra_out[...] = cache[i]
+            if depth_out is not None:
+                depth_out[...] = decode_depth_raw(sample, i, hw)
+            return K
+        depth16 = decode_depth_raw(sample, i, hw) if depth_out is not None else None
+        bgra, depth16, K = resize_view(cache[i], depth16, K, target_hw)
+        if bgra_out.shape[:2] != bgra.shape[:2]:  # a random crop of the resized view
+            h, w = bgra.shape[:2]
+            if self.crop > min(h, w):
+                raise CorruptSampleError(sample_key(sample), f"{i:03d}.rgba.png", f"view is {h}x{w}, smaller "
+                                         f"than target_crop_size {self.crop}", kind="bad_views")
+            x0, y0 = int(rng.integers(w - self.crop + 1)), int(rng.integers(h - self.crop + 1))
+            bgra, depth16, K = crop_view(bgra, depth16, K, x0, y0, self.crop)
+        bgra_out[...] = bgra
+        if depth_out is not None:
+            depth_out[...] = depth16
         return K
 
-    def _slots(self, n: int, size: int, crop: int, hw) -> dict[str, np.ndarray]:
+    def _slots(self, n: int, size: int, crop: int, hw) -> tuple[np.ndarray, np.ndarray]:
         h, w = self._size(size, hw)
         if crop:
             h = w = crop
-        return {"image": np.empty((n, 3, h, w), np.float32), "mask": np.empty((n, h, w), np.float32),
-                "depth": np.empty((n, h, w), np.float32)}
+        return np.empty((n, h, w, 4), np.uint8), np.empty((n, h, w), np.uint16)
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         key = sample_key(sample)
@@ -190,26 +208,24 @@ class ViewSampler:
         inp, targets = select_views(roles, self.num_target_views, self.input_view, self.include_input, rng, key)
         check_views(sample, [inp, *targets.tolist()], n)  # fail before decoding anything
         bg = background_colour(self.background, rng)
-        scale = float(meta["depth_scale"])
         cache: dict[int, np.ndarray] = {}
-        src = self._slots(1, self.input_size, 0, cams["hw"][inp])
-        src_K = self._view(sample, inp, cams, scale, bg, self.input_size, rng, cache,
-                           {"image": src["image"][0], "mask": src["mask"][0]}, with_depth=False)
-        tgt = self._slots(len(targets), self.target_size, self.crop, cams["hw"][targets[0]])
+        src_bgra, _ = self._slots(1, self.input_size, 0, cams["hw"][inp])
+        src_K = self._view(sample, inp, cams, self.input_size, rng, cache, src_bgra[0], None)
+        tgt_bgra, tgt_depth = self._slots(len(targets), self.target_size, self.crop, cams["hw"][targets[0]])
         tgt_K = []
         for n, i in enumerate(targets.tolist()):
-            slot = {name: arr[n] for name, arr in tgt.items()}
-            if not self.crop and not self.target_size and slot["mask"].shape != tuple(cams["hw"][i]):
+            if not self.crop and not self.target_size and tgt_bgra.shape[1:3] != tuple(cams["hw"][i]):
                 raise CorruptSampleError(key, f"{i:03d}.rgba.png", "views of different sizes cannot be batched; "
                                          "set target_size", kind="bad_views")
-            tgt_K.append(self._view(sample, i, cams, scale, bg, self.target_size, rng, cache, slot, with_depth=True))
+            tgt_K.append(self._view(sample, i, cams, self.target_size, rng, cache, tgt_bgra[n], tgt_depth[n]))
         c2w = torch.from_numpy(cams["c2w"])
         return {"key": key, "input_view": inp,
-                "input_image": torch.from_numpy(src["image"][0]), "input_mask": torch.from_numpy(src["mask"]),
+                "input_bgra": torch.from_numpy(src_bgra[0]),
                 "input_c2w": c2w[inp].clone(), "input_K": torch.from_numpy(np.asarray(src_K, np.float32)),
                 "target_views": torch.from_numpy(targets),
-                "target_images": torch.from_numpy(tgt["image"]),
-                "target_masks": torch.from_numpy(tgt["mask"])[:, None],
-                "target_depths": torch.from_numpy(tgt["depth"])[:, None],
+                "target_bgra": torch.from_numpy(tgt_bgra),
+                "target_depth16": torch.from_numpy(tgt_depth),
+                "depth_scale": torch.tensor(float(meta["depth_scale"]), dtype=torch.float32),
+                "background": torch.from_numpy(bg),
                 "target_c2w": c2w[torch.from_numpy(targets)],
                 "target_K": torch.from_numpy(np.stack(tgt_K).astype(np.float32))}

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
     dm = build_datamodule(os.path.join(ROOT, "configs", "data", "tiny.yaml"), shard_dir)
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # what a training step receives
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             print(f"[demo] batch[{k!r}]: {tuple(v.shape)} {v.dtype}", flush=True)

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from jsonargparse import ArgumentParser
 
+from datamodules.views import finalize
 from datamodules.shard_datamodule import ShardDataModule
 from tests.unit.datamodules.conftest import write_shards
 
@@ -49,6 +50,6 @@ def test_tiny_config_loads_a_batch_from_real_shards(tmp_path):
                              str(tmp_path / "s"), "--data.init_args.val_shards", str(tmp_path / "s")])
     dm = _instantiate(parser, cfg).data
     dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
+    batch = finalize(next(iter(dm.train_dataloader())))
     assert batch["input_image"].shape == (2, 3, 64, 64) and batch["target_images"].shape == (2, 2, 3, 32, 32)
     assert len(list(dm.val_dataloader())) == 2

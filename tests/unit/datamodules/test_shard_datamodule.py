@@ -5,6 +5,7 @@ import tarfile
 import pytest
 import torch
 
+from datamodules.views import finalize
 from datamodules.decode import KINDS
 from datamodules.shard_datamodule import ShardDataModule, ShardDataset, resolve_shards
 from datamodules.views import ViewSampler
@@ -42,7 +43,7 @@ def test_exact_epoch_yields_every_sample_once_with_index_length(shard_dir):
     dm = _dm(out)
     loader = dm.train_dataloader()
     assert len(loader) == 4  # 12 samples / batch 3, from index.json
-    batch = next(iter(loader))
+    batch = finalize(next(iter(loader)))
     assert batch["input_image"].shape == (3, 3, 32, 32) and batch["target_depths"].shape == (3, 2, 1, 32, 32)
     assert batch["target_K"].shape == (3, 2, 3, 3) and batch["input_view"].tolist() == [0, 0, 0]
     assert sorted(_keys(loader)) == keys
@@ -145,7 +146,7 @@ def test_view_options_reach_the_batches(shard_dir):
     out, _ = shard_dir
     dm = _dm(out, input_view="random", num_target_views=3, target_size=48, target_crop_size=24,
              include_input_in_targets=True, background="black")
-    batch = next(iter(dm.train_dataloader()))
+    batch = finalize(next(iter(dm.train_dataloader())))
     assert batch["target_images"].shape == (3, 3, 3, 24, 24)
     assert batch["input_image"][:, :, 0, 0].abs().sum() == 0  # black background in a transparent corner
     assert torch.all(batch["target_views"] < 6)
@@ -166,3 +167,30 @@ def test_val_loader_is_deterministic_and_options_are_checked(shard_dir):
 
 def test_error_kinds_are_stable():
     assert KINDS[0] == "shard_read" and len(set(KINDS)) == len(KINDS)
+
+
+@pytest.mark.parametrize("finalize_on", ["device", "workers"])
+def test_a_lightning_step_receives_the_float_batch(shard_dir, finalize_on):
+    """Either way (on_after_batch_transfer inside a real Trainer, or in the workers) steps see float images."""
+    import lightning as L
+
+    seen = []
+
+    class Probe(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def training_step(self, batch, batch_idx):
+            seen.append({k: (v.dtype, tuple(v.shape)) for k, v in batch.items() if isinstance(v, torch.Tensor)})
+            return (batch["target_images"].mean() - self.w) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = _dm(shard_dir[0], finalize_on=finalize_on, num_workers=1)
+    L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False).fit(Probe(), datamodule=dm)
+    assert len(seen) == 2
+    assert seen[0]["target_images"][0] == torch.float32 and seen[0]["input_image"][0] == torch.float32
+    assert seen[0]["target_depths"][0] == torch.float32 and "target_bgra" not in seen[0]
