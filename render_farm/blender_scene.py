@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import bpy
 import numpy as np
-from mathutils import Matrix
+from mathutils import Matrix, Vector
 
 from geometry.cameras import intrinsics_from_blender, opencv_to_opengl, opengl_to_opencv
 from geometry.normalization import normalization_from_bounds, normalization_matrix
@@ -148,11 +148,8 @@ def setup_lighting(settings: RenderSettings, rng: np.random.Generator) -> dict:
     sun.energy = key_energy
     sun_obj = bpy.data.objects.new("lift3d_key", sun)
     bpy.context.scene.collection.objects.link(sun_obj)
-    d = np.asarray(key_dir) / np.linalg.norm(key_dir)
-    # a sun shines along its local -Z: rotate -Z onto -d
-    sun_obj.rotation_euler = Matrix.Identity(3).to_quaternion().rotation_difference(
-        __import__("mathutils").Vector((0, 0, 1)).rotation_difference(__import__("mathutils").Vector(d.tolist()))
-    ).to_euler()
+    d = np.asarray(key_dir) / np.linalg.norm(key_dir)  # from the object towards the light
+    sun_obj.rotation_euler = Vector((0.0, 0.0, 1.0)).rotation_difference(Vector(d.tolist())).to_euler()  # -Z → -d
     return {"mode": settings.lighting, "world_strength": strength, "key_direction": d.tolist(),
             "key_energy": key_energy}
 

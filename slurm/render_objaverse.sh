@@ -42,24 +42,8 @@ if [[ -z "${LIFT3D_ROOT:-}" ]]; then
         LIFT3D_ROOT="${SLURM_SUBMIT_DIR:-$PWD}"
     fi
 fi
-site_env="${LIFT3D_SITE_ENV:-$LIFT3D_ROOT/slurm/site.env}"
-if [[ -f "$site_env" ]]; then
-    set -a
-    # shellcheck disable=SC1090
-    source "$site_env"
-    set +a
-fi
-
-venv="${LIFT3D_VENV:-$LIFT3D_ROOT/.venv}"
-if [[ -x "$venv/bin/lift3d-render" ]]; then
-    render=("$venv/bin/lift3d-render")
-elif [[ -x "$venv/bin/python" ]]; then
-    render=("$venv/bin/python" -m render_farm.cli)
-else
-    echo "render_objaverse.sh: no Python environment at $venv (LIFT3D_ROOT=$LIFT3D_ROOT)." >&2
-    echo "  Set LIFT3D_VENV in $site_env (see slurm/site.env.example) or run 'make setup' in the repository." >&2
-    exit 2
-fi
+# shellcheck disable=SC1091
+source "$LIFT3D_ROOT/slurm/lift3d_env.sh"  # site settings, the venv, ${render[@]}
 
 # --- Blender worker processes: one per LIFT3D_CPUS_PER_WORKER allocated CPUs (Cycles threads share the rest)
 cpus="${SLURM_CPUS_PER_TASK:-$(nproc)}"
