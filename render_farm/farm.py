@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -74,9 +75,19 @@ def render_task(source, out_dir: str, cfg: RenderConfig, task: int = 0, count: i
     bar = tqdm(total=len(todo), desc=f"render task {task}", unit="obj", disable=not progress, file=sys.stderr)
     t0 = time.time()
 
+    def fetched():
+        """Batches of fetched assets; the next batch downloads in the background while this one renders."""
+        batches = [todo[i:i + fetch_batch] for i in range(0, len(todo), fetch_batch)]
+        with ThreadPoolExecutor(1, thread_name_prefix="lift3d-fetch") as pool:
+            ahead = pool.submit(source.fetch, batches[0]) if batches else None
+            for k in range(len(batches)):
+                done = ahead.result()
+                ahead = pool.submit(source.fetch, batches[k + 1]) if k + 1 < len(batches) else None
+                yield done
+
     def jobs():
-        for start in range(0, len(todo), fetch_batch):
-            for asset in source.fetch(todo[start:start + fetch_batch]):
+        for batch in fetched():
+            for asset in batch:
                 reason = _precheck(asset, cfg)
                 if reason is not None:
                     writer.record_failure(asset.uid, reason, source=asset.source, path=asset.path)
