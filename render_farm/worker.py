@@ -5,7 +5,8 @@ portable Blender 4.2 (``--custom-blender-path``), as ``blender --background --py
 the same job loop runs in both. Jobs and results travel over two dedicated pipes (not stdout: Blender prints
 there); the worker's stdout and stderr go to its log file. The parent (:class:`WorkerPool`) kills a worker whose
 job passes its deadline or that has served ``max_jobs`` objects (Blender leaks memory when looping), and starts a
-fresh one. Workers die with their parent (PR_SET_PDEATHSIG), so a SIGKILLed job leaves no orphan Blenders.
+fresh one. Workers die with their parent (each sets PR_SET_PDEATHSIG at start-up, and a closed job pipe ends its
+loop), so a SIGKILLed job leaves no orphan Blenders.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,17 +107,16 @@ class Worker:
     job: dict | None = None
     deadline: float = float("inf")
     log_offset: int = 0
-    started: float = field(default_factory=time.time)
 
 
 class WorkerPool:
     """``num_workers`` Blender processes; :meth:`run` maps jobs to results with a hard timeout per job."""
 
     def __init__(self, num_workers: int, log_prefix: str, timeout_s: float = 600.0, max_jobs: int = 50,
-                 blender_path: str | None = None, startup_timeout_s: float = 120.0, threads_per_worker: int = 0):
+                 blender_path: str | None = None, startup_timeout_s: float = 120.0):
         self.num_workers, self.log_prefix = max(1, num_workers), log_prefix
         self.timeout_s, self.max_jobs, self.blender_path = timeout_s, max(1, max_jobs), blender_path
-        self.startup_timeout_s, self.threads = startup_timeout_s, threads_per_worker
+        self.startup_timeout_s = startup_timeout_s
         self.workers: list[Worker] = []
         self.started_workers = 0
 
@@ -145,8 +145,7 @@ class WorkerPool:
             env["LIFT3D_EXTRA_SITE"] = os.pathsep.join(site.getsitepackages())
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(self._command(job_r, res_w), stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, pass_fds=(job_r, res_w), env=env, cwd=PROJECT_ROOT,
-                                    preexec_fn=_set_pdeathsig)
+                                    stderr=subprocess.STDOUT, pass_fds=(job_r, res_w), env=env, cwd=PROJECT_ROOT)
         os.close(job_r)
         os.close(res_w)
         w = Worker(slot, proc, Connection(job_w, readable=False), Connection(res_r, writable=False), log_path)
