@@ -42,6 +42,8 @@ def _objaverse_parser(sub) -> None:
     p.add_argument("--licences", nargs="+", help="Objaverse licence allow-list, e.g. by by-sa cc0")
     p.add_argument("--limit", type=int, help="render at most this many objects (before task slicing)")
     p.add_argument("--cache-dir", help="Objaverse download cache (default ~/.objaverse)")
+    p.add_argument("--download-processes", type=int, default=4,
+                   help="parallel Objaverse downloads (the next batch downloads while this one renders)")
     p.add_argument("--retry-failed", action="store_true", help="render objects in the failure manifest again")
     p.add_argument("--no-progress", action="store_true")
     _add_task_args(p)
@@ -55,7 +57,7 @@ def _make_source(args):
     from render_farm.sources import ObjaverseSource
 
     return ObjaverseSource(uids_file=args.uids_file, lvis_categories=args.lvis_categories, licences=args.licences,
-                           limit=args.limit, cache_dir=args.cache_dir)
+                           limit=args.limit, cache_dir=args.cache_dir, download_processes=args.download_processes)
 
 
 def run_objaverse(args) -> int:

@@ -43,6 +43,8 @@ def test_cli_parses_the_documented_commands():
     a = p.parse_args(["objaverse", "--uids-file", "u.txt", "--out", "o", "--rig", "lrm32", "--resolution", "512",
                       "--samples", "128", "--num-workers", "4"])
     assert (a.uids_file, a.rig, a.resolution, a.num_workers) == ("u.txt", "lrm32", 512, 4)
+    assert p.parse_args(["objaverse", "--lvis-categories", "chair", "mug", "--licences", "by", "cc0", "--out", "o",
+                         "--download-processes", "8"]).download_processes == 8
     a = p.parse_args(["objaverse", "--glb-dir", "assets", "--out", "o", "--custom-blender-path", "/opt/blender"])
     assert a.glb_dir == "assets" and a.custom_blender_path == "/opt/blender"
     assert p.parse_args(["mvimgnet", "--root", "/data/mvimgnet", "--out", "o"]).root == "/data/mvimgnet"
