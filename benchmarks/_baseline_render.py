@@ -12,7 +12,6 @@ import resource
 import sys
 
 import bpy
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

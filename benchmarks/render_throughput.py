@@ -11,7 +11,6 @@ baseline's. Prints views/s, s/object, peak memory per worker, the speed ratio (t
 
 import argparse
 import glob
-import io
 import json
 import os
 import platform

@@ -191,7 +191,7 @@ def test_uids_file_parsing(tmp_path):
 def test_bad_uid_in_file_names_the_line(tmp_path, bad):
     f = tmp_path / "uids.txt"
     f.write_text(f"# header\n0a1b2c3d4e5f60718293a4b5c6d7e8f9\n{bad}\n")
-    with pytest.raises(ValueError, match=rf"uids\.txt:3: .* is not a valid Objaverse uid"):
+    with pytest.raises(ValueError, match=r"uids\.txt:3: .* is not a valid Objaverse uid"):
         ObjaverseSource(uids_file=str(f))
 
 
