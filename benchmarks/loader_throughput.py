@@ -3,9 +3,11 @@
     python benchmarks/loader_throughput.py [--shards 'data/shards/objaverse/*.tar'] [--objects 16] [--views 32]
                                            [--resolution 512] [--targets 4] [--passes 3]
 
-Loader: ``datamodules.shard_datamodule.ShardDataset`` iterated in this process (what one DataLoader worker does:
+Loader: ``datamodules.shard_datamodule.ShardDataset`` through a DataLoader in this process, batches of 8 (what one
+DataLoader worker does:
 scan the tar, parse meta/cameras, pick 1 input + ``--targets`` supervision views, read and decode only their
-PNGs, build uint8/uint16 tensors), at the stored resolution (512² by default), one OpenCV thread. Compositing and
+PNGs, build uint8/uint16 tensors, collate), at the stored resolution (512² by default), one OpenCV thread, after the
+worker's ``tune_worker_malloc`` (both sides of the ratio run in this process after it). Compositing and
 the float conversion run after the batch reaches the device (``datamodules.views.finalize`` in the datamodule's
 ``on_after_batch_transfer``); their CPU cost is printed separately for reference.
 Limit: ``cv2.imdecode`` of exactly the PNG members the loader decoded (input RGBA, target RGBA + depth), from
@@ -31,9 +33,9 @@ import webdataset as wds
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from datamodules.shard_datamodule import ShardDataset, resolve_shards  # noqa: E402
-from datamodules.views import ViewSampler, finalize  # noqa: E402
-from torch.utils.data import default_collate  # noqa: E402
+from datamodules.shard_datamodule import ShardDataset, resolve_shards, tune_worker_malloc  # noqa: E402
+from datamodules.views import ViewSampler, collate, finalize  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 from geometry.rigs import lrm32  # noqa: E402
 from render_farm.shards import ShardWriter, encode_sample  # noqa: E402
 
@@ -75,14 +77,17 @@ def write_synthetic(out: str, objects: int, views: int, res: int) -> None:
                                        {"depth_scale": DEPTH_SCALE, "view_roles": rig.roles, "source": "synthetic"}))
 
 
-def run_loader(urls, counts, sampler, passes: int):
+def run_loader(urls, counts, sampler, passes: int, batch_size: int = 8):
+    """A real DataLoader over the dataset in this process (num_workers=0): the work one worker does, collation too."""
     ds = ShardDataset(urls, sampler, counts, resampled=False, shuffle_buffer=0, seed=0)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=0, collate_fn=collate)
     picks, n = [], 0
     start = time.perf_counter()
     for _ in range(passes):
-        for sample in ds:
-            picks.append((sample["key"], sample["input_view"], sample["target_views"].tolist()))
-            n += 1
+        for batch in loader:
+            for key, inp, targets in zip(batch["key"], batch["input_view"].tolist(), batch["target_views"].tolist()):
+                picks.append((key, inp, targets))
+            n += len(batch["key"])
     return n / (time.perf_counter() - start), picks, ds
 
 
@@ -97,12 +102,13 @@ def run_decode(urls, picks) -> float:
     for bufs in jobs:
         for buf in bufs:
             cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    return len(jobs) / (time.perf_counter() - start)
+    run_decode.last = len(jobs) / (time.perf_counter() - start)
+    return run_decode.last
 
 
 def time_finalize(ds, batch_size: int) -> float:
     """CPU milliseconds per sample of ``finalize`` (compositing + float conversion) on a collated batch."""
-    batch = default_collate([s for _, s in zip(range(batch_size), ds)])
+    batch = collate([s for _, s in zip(range(batch_size), ds)])
     finalize(batch)
     start = time.perf_counter()
     for _ in range(5):
@@ -117,9 +123,12 @@ def main(argv=None) -> None:
     ap.add_argument("--views", type=int, default=32)
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--targets", type=int, default=4)
-    ap.add_argument("--passes", type=int, default=3, help="epochs over the shards (views are redrawn each time)")
+    ap.add_argument("--passes", type=int, default=3, help="epochs over the shards per round (views redrawn each time)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="paired rounds (loader pass, then decode of the same PNGs); the median ratio is reported")
     args = ap.parse_args(argv)
     cv2.setNumThreads(1)  # one worker's share of the machine, on both sides of the ratio
+    tune_worker_malloc()  # what every DataLoader worker runs first (ShardDataModule's worker_init_fn)
 
     tmp = None
     if args.shards is None:
@@ -133,8 +142,12 @@ def main(argv=None) -> None:
         size = args.resolution if args.shards is None else 0
         sampler = ViewSampler(num_target_views=args.targets, input_size=size, target_size=size, background="white")
         run_loader(urls, counts, sampler, 1)  # warm-up: page cache, imports, allocator
-        loader_rate, picks, ds = run_loader(urls, counts, sampler, args.passes)
-        decode_rate = max(run_decode(urls, picks) for _ in range(2))
+        rounds = []
+        for _ in range(args.rounds):  # paired and interleaved, so drift on a shared machine hits both sides
+            loader_rate, picks, ds = run_loader(urls, counts, sampler, args.passes)
+            rounds.append((loader_rate / run_decode(urls, picks), loader_rate, run_decode.last))
+        rounds.sort()
+        ratio, loader_rate, decode_rate = rounds[len(rounds) // 2]
         finalize_ms = time_finalize(ds, 8)
         skipped = int(ds.error_counts.sum())
         shard_bytes = sum(os.path.getsize(u) for u in urls if os.path.isfile(u))
@@ -142,7 +155,6 @@ def main(argv=None) -> None:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    ratio = loader_rate / decode_rate
     uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip() or platform.platform()
     cmd = "python benchmarks/loader_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     pngs = 1 + 2 * args.targets
@@ -153,10 +165,12 @@ def main(argv=None) -> None:
 - command: `{cmd.strip()}`
 - data: {len(urls)} shards, {sum(counts.values()) if counts else '?'} objects, {shard_bytes / 2**20:.0f} MiB; \
 1 input + {args.targets} supervision views per sample ({pngs} PNGs decoded), {len(picks)} samples timed
-- loader (ShardDataset in-process: tar scan → meta/cameras → {pngs} PNGs → uint8/uint16 tensors): \
+- loader (ShardDataset + DataLoader in-process: tar scan → meta/cameras → {pngs} PNGs → uint8/uint16 tensors → \
+batches of 8): \
 **{loader_rate:.1f} samples/s**
 - limit (cv2.imdecode of the same {pngs} PNG members per sample, from memory): **{decode_rate:.1f} samples/s**
-- ratio loader / PNG decode: **{ratio:.2f}** (target ≥ 0.8){'' if ratio >= 0.8 else '  BELOW TARGET'}
+- ratio loader / PNG decode: **{ratio:.2f}** (target ≥ 0.8){'' if ratio >= 0.8 else '  BELOW TARGET'}; median of \
+{len(rounds)} paired rounds (range {rounds[0][0]:.2f}–{rounds[-1][0]:.2f}); rates above are that round's
 - skipped/corrupt data events: {skipped}
 - for reference: `finalize` (composite + float32, done on the device in training) costs {finalize_ms:.2f} ms per \
 sample on this CPU

@@ -9,8 +9,8 @@ call it per sample instead (``ShardDataModule(finalize_on=...)``).
 
     key / input_view / target_views / input_c2w / target_c2w / input_K / target_K   as below
     input_bgra     (Hi, Wi, 4) uint8   straight-alpha colour + alpha, OpenCV's B, G, R, A channel order
-    target_bgra    (N, H, W, 4) uint8  the same for the supervision views
-    target_depth16 (N, H, W) uint16    depth × depth_scale, as stored (0 = no surface)
+    target_bgra    N × (H, W, 4) uint8 the same for the supervision views (a tuple; :func:`collate` → (B, N, H, W, 4))
+    target_depth16 N × (H, W) uint16   depth × depth_scale, as stored (0 = no surface); collated to (B, N, H, W)
     depth_scale    ()  float32
     background     (3,) float32        RGB in [0, 1], one colour per sample
 
@@ -38,9 +38,12 @@ Camera maths goes through ``geometry.cameras`` only.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import default_collate, get_worker_info
 
 from datamodules.decode import (CorruptSampleError, check_views, decode_bgra, decode_depth_raw, read_cameras,
                                 read_meta, sample_key, view_roles)
@@ -135,10 +138,11 @@ def finalize(raw: dict) -> dict:
     out = {k: v for k, v in raw.items() if k not in ("input_bgra", "target_bgra", "target_depth16", "depth_scale",
                                                      "background")}
     bg = raw["background"]
+    views = {k: torch.stack(raw[k]) if isinstance(raw[k], (tuple, list)) else raw[k] for k in VIEW_STACKS}
     out["input_image"], out["input_mask"] = _colour_alpha(raw["input_bgra"], bg, lead=0)
-    out["target_images"], out["target_masks"] = _colour_alpha(raw["target_bgra"], bg, lead=1)
+    out["target_images"], out["target_masks"] = _colour_alpha(views["target_bgra"], bg, lead=1)
     scale = raw["depth_scale"].reshape(raw["depth_scale"].shape + (1, 1, 1, 1)).float()
-    out["target_depths"] = raw["target_depth16"].unsqueeze(-3).float() / scale
+    out["target_depths"] = views["target_depth16"].unsqueeze(-3).float() / scale
     return out
 
 
@@ -166,38 +170,23 @@ class ViewSampler:
     def _size(self, size: int, hw) -> tuple[int, int]:
         return (int(hw[0]), int(hw[1])) if not size else (size, size)
 
-    def _view(self, sample, i, cams, size, rng, cache, bgra_out, depth_out) -> np.ndarray:
-        """Fill ``bgra_out`` (h,w,4) and ``depth_out`` (h,w) or None with view ``i``; returns its K."""
+    def _view(self, sample, i, cams, size, crop, rng, cache, with_depth: bool):
+        """View ``i`` as (bgra (h,w,4) uint8, depth (h,w) uint16 or None, K): decoded arrays are passed on as they
+        are when no resize or crop applies (the batch is built with one copy, by :func:`collate`)."""
         hw = cams["hw"][i]
         target_hw = self._size(size, hw)
-        direct = tuple(target_hw) == tuple(int(x) for x in hw) and bgra_out.shape[:2] == tuple(target_hw)
         if i not in cache:  # the input view may also be a target: decode its PNG once
             cache[i] = decode_bgra(sample, i, hw)
-        K = np.asarray(cams["K"][i], np.float64)
-        if direct:  # no resize, no crop: the decoded pixels go to the batch as they are
-            bgra_out[...] = cache[i]
-            if depth_out is not None:
-                depth_out[...] = decode_depth_raw(sample, i, hw)
-            return K
-        depth16 = decode_depth_raw(sample, i, hw) if depth_out is not None else None
-        bgra, depth16, K = resize_view(cache[i], depth16, K, target_hw)
-        if bgra_out.shape[:2] != bgra.shape[:2]:  # a random crop of the resized view
+        depth16 = decode_depth_raw(sample, i, hw) if with_depth else None
+        bgra, depth16, K = resize_view(cache[i], depth16, np.asarray(cams["K"][i], np.float64), target_hw)
+        if crop:  # a random crop of the resized view
             h, w = bgra.shape[:2]
-            if self.crop > min(h, w):
+            if crop > min(h, w):
                 raise CorruptSampleError(sample_key(sample), f"{i:03d}.rgba.png", f"view is {h}x{w}, smaller "
-                                         f"than target_crop_size {self.crop}", kind="bad_views")
-            x0, y0 = int(rng.integers(w - self.crop + 1)), int(rng.integers(h - self.crop + 1))
-            bgra, depth16, K = crop_view(bgra, depth16, K, x0, y0, self.crop)
-        bgra_out[...] = bgra
-        if depth_out is not None:
-            depth_out[...] = depth16
-        return K
-
-    def _slots(self, n: int, size: int, crop: int, hw) -> tuple[np.ndarray, np.ndarray]:
-        h, w = self._size(size, hw)
-        if crop:
-            h = w = crop
-        return np.empty((n, h, w, 4), np.uint8), np.empty((n, h, w), np.uint16)
+                                         f"than target_crop_size {crop}", kind="bad_views")
+            x0, y0 = int(rng.integers(w - crop + 1)), int(rng.integers(h - crop + 1))
+            bgra, depth16, K = crop_view(bgra, depth16, K, x0, y0, crop)
+        return bgra, depth16, K
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         key = sample_key(sample)
@@ -209,23 +198,48 @@ class ViewSampler:
         check_views(sample, [inp, *targets.tolist()], n)  # fail before decoding anything
         bg = background_colour(self.background, rng)
         cache: dict[int, np.ndarray] = {}
-        src_bgra, _ = self._slots(1, self.input_size, 0, cams["hw"][inp])
-        src_K = self._view(sample, inp, cams, self.input_size, rng, cache, src_bgra[0], None)
-        tgt_bgra, tgt_depth = self._slots(len(targets), self.target_size, self.crop, cams["hw"][targets[0]])
-        tgt_K = []
-        for n, i in enumerate(targets.tolist()):
-            if not self.crop and not self.target_size and tgt_bgra.shape[1:3] != tuple(cams["hw"][i]):
-                raise CorruptSampleError(key, f"{i:03d}.rgba.png", "views of different sizes cannot be batched; "
-                                         "set target_size", kind="bad_views")
-            tgt_K.append(self._view(sample, i, cams, self.target_size, rng, cache, tgt_bgra[n], tgt_depth[n]))
+        src_bgra, _, src_K = self._view(sample, inp, cams, self.input_size, 0, rng, cache, with_depth=False)
+        views = [self._view(sample, i, cams, self.target_size, self.crop, rng, cache, with_depth=True)
+                 for i in targets.tolist()]
+        for i, (bgra, _, _) in zip(targets.tolist(), views):
+            if bgra.shape != views[0][0].shape:
+                raise CorruptSampleError(key, f"{i:03d}.rgba.png", f"view is {bgra.shape[0]}x{bgra.shape[1]}, "
+                                         f"view {targets[0]} is {views[0][0].shape[0]}x{views[0][0].shape[1]}: views "
+                                         "of different sizes cannot be batched; set target_size", kind="bad_views")
         c2w = torch.from_numpy(cams["c2w"])
         return {"key": key, "input_view": inp,
-                "input_bgra": torch.from_numpy(src_bgra[0]),
+                "input_bgra": torch.from_numpy(np.ascontiguousarray(src_bgra)),
                 "input_c2w": c2w[inp].clone(), "input_K": torch.from_numpy(np.asarray(src_K, np.float32)),
                 "target_views": torch.from_numpy(targets),
-                "target_bgra": torch.from_numpy(tgt_bgra),
-                "target_depth16": torch.from_numpy(tgt_depth),
+                "target_bgra": tuple(torch.from_numpy(np.ascontiguousarray(v[0])) for v in views),
+                "target_depth16": tuple(torch.from_numpy(np.ascontiguousarray(v[1])) for v in views),
                 "depth_scale": torch.tensor(float(meta["depth_scale"]), dtype=torch.float32),
                 "background": torch.from_numpy(bg),
                 "target_c2w": c2w[torch.from_numpy(targets)],
-                "target_K": torch.from_numpy(np.stack(tgt_K).astype(np.float32))}
+                "target_K": torch.from_numpy(np.stack([v[2] for v in views]).astype(np.float32))}
+
+
+VIEW_STACKS = ("target_bgra", "target_depth16")  # per sample: a tuple of N view tensors
+
+
+def _stack(tensors: list[torch.Tensor], shape: tuple) -> torch.Tensor:
+    """``tensors`` stacked into ``shape`` with one copy; in a DataLoader worker the result lives in shared memory
+    (as ``default_collate`` does it), so handing the batch to the main process copies nothing more."""
+    first = tensors[0]
+    if get_worker_info() is not None:  # the allocation default_collate makes in workers
+        storage = first._typed_storage()._new_shared(math.prod(shape), device=first.device)
+        out = first.new(storage).resize_(shape)
+    else:
+        out = torch.empty(shape, dtype=first.dtype)
+    torch.stack(tensors, out=out.view((-1,) + tuple(first.shape)))
+    return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """``default_collate`` for raw samples, with each sample's tuple of N views stacked once into (B, N, …)."""
+    rest = default_collate([{k: v for k, v in s.items() if k not in VIEW_STACKS} for s in samples])
+    for k in VIEW_STACKS:
+        if k in samples[0]:
+            views = [v for s in samples for v in s[k]]
+            rest[k] = _stack(views, (len(samples), len(samples[0][k])) + tuple(views[0].shape))
+    return rest

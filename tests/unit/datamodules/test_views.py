@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from datamodules.decode import CorruptSampleError
-from datamodules.views import (ViewSampler, crop_view, finalize, premultiply, resize_view, select_views,
+from datamodules.views import (ViewSampler, collate, crop_view, finalize, premultiply, resize_view, select_views,
                               unpremultiply)
 from geometry.cameras import project_points
 from tests.unit.datamodules.conftest import (DEPTH_SCALE, HALF_PIXEL, HALF_RGBA, MARKER, make_object, make_sample,
@@ -121,7 +121,11 @@ def test_output_shapes_and_dtypes():
         make_sample("s", n_views=6), np.random.default_rng(1))
     # the loader carries integers: straight-alpha BGRA uint8 and depth uint16 as stored
     assert raw["input_bgra"].shape == (32, 32, 4) and raw["input_bgra"].dtype == torch.uint8
-    assert raw["target_bgra"].shape == (3, 16, 16, 4) and raw["target_depth16"].dtype == torch.uint16
+    assert len(raw["target_bgra"]) == 3 and raw["target_bgra"][0].shape == (16, 16, 4)
+    assert raw["target_depth16"][0].dtype == torch.uint16
+    batch = collate([raw, raw])  # each sample's views are stacked once into (B, N, ...)
+    assert batch["target_bgra"].shape == (2, 3, 16, 16, 4) and batch["target_depth16"].shape == (2, 3, 16, 16)
+    assert torch.equal(batch["target_bgra"][1, 2], raw["target_bgra"][2]) and batch["key"] == ["s", "s"]
     out = finalize(raw)
     assert not any(k in out for k in ("input_bgra", "target_bgra", "target_depth16"))
     assert out["key"] == "s" and out["input_view"] == 0
