@@ -1,6 +1,7 @@
-# Sourced by the sbatch scripts in slurm/ once they know LIFT3D_ROOT: reads the site settings and finds the venv.
-# Sets: site_env (the settings file), venv, render (the lift3d-render command as an array).
+# Sourced by the sbatch scripts in slurm/ (they find this file first): the repository, site settings and venv.
+# Sets: LIFT3D_ROOT, site_env (the settings file), venv, render (the lift3d-render command as an array).
 # shellcheck shell=bash
+LIFT3D_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 site_env="${LIFT3D_SITE_ENV:-$LIFT3D_ROOT/slurm/site.env}"
 if [[ -f "$site_env" ]]; then
     set -a

@@ -28,22 +28,15 @@
 #SBATCH --requeue
 set -euo pipefail
 
-# --- where the repository is: sbatch runs a spooled copy of this script, so $0 does not point into the repo
-if [[ -z "${LIFT3D_ROOT:-}" ]]; then
-    submitted=""
-    if [[ -n "${SLURM_JOB_ID:-}" ]] && command -v scontrol >/dev/null 2>&1; then
-        submitted=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)
-    fi
-    if [[ -n "$submitted" && -f "$submitted" ]]; then
-        LIFT3D_ROOT=$(cd "$(dirname "$submitted")/.." && pwd)
-    elif [[ -z "${SLURM_JOB_ID:-}" ]]; then
-        LIFT3D_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-    else
-        LIFT3D_ROOT="${SLURM_SUBMIT_DIR:-$PWD}"
-    fi
-fi
+# --- find the repository: sbatch runs a spooled copy of this script, so $0 does not point into it
+for here in "${LIFT3D_ROOT:+$LIFT3D_ROOT/slurm}" \
+        "$(dirname "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)")" \
+        "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-$PWD}/slurm"; do
+    [[ -f "$here/lift3d_env.sh" ]] && break
+done
+[[ -f "$here/lift3d_env.sh" ]] || { echo "$(basename "$0"): cannot find the lift3d repository; set LIFT3D_ROOT" >&2; exit 2; }
 # shellcheck disable=SC1091
-source "$LIFT3D_ROOT/slurm/lift3d_env.sh"  # site settings, the venv, ${render[@]}
+source "$here/lift3d_env.sh"  # LIFT3D_ROOT, site settings, the venv, ${render[@]}
 
 # --- Blender worker processes: one per LIFT3D_CPUS_PER_WORKER allocated CPUs (Cycles threads share the rest)
 cpus="${SLURM_CPUS_PER_TASK:-$(nproc)}"
