@@ -117,9 +117,8 @@ def colour_unshaded_meshes() -> int:
     return fixed
 
 
-def normalise_scene() -> tuple[float, np.ndarray]:
-    """Centre and scale every root object so the scene's box fits [-1, 1]^3; returns (scale, offset)."""
-    lo, hi, _ = mesh_bounds(max_faces=2**62)
+def normalise_scene(lo: np.ndarray, hi: np.ndarray) -> tuple[float, np.ndarray]:
+    """Centre and scale every root object so the scene's box [lo, hi] fits [-1, 1]^3; returns (scale, offset)."""
     scale, offset = normalization_from_bounds(lo, hi)
     m = Matrix(normalization_matrix(scale, offset).tolist())
     for obj in bpy.context.scene.objects:
@@ -264,9 +263,9 @@ def render_object(path: str, rig: Rig, settings: RenderSettings, depth_scale: fl
     """Import ``path``, normalise it and render every rig view. Returns arrays and metadata for the shard."""
     reset_scene()
     import_asset(path)
-    _, _, faces = mesh_bounds(settings.max_faces)
+    lo, hi, faces = mesh_bounds(settings.max_faces)
     colour_unshaded_meshes()
-    scale, offset = normalise_scene()
+    scale, offset = normalise_scene(lo, hi)
     lighting = setup_lighting(settings, rng if rng is not None else np.random.default_rng(settings.seed))
     setup_render(settings)
     cam_obj = add_camera()
