@@ -12,6 +12,7 @@ import pytest
 import trimesh
 import webdataset as wds
 
+from datamodules.decode import decode_depth_raw, decode_normal, decode_rgba
 from geometry.cameras import backproject_depth, project_points
 from geometry.normalization import normalize
 
@@ -21,13 +22,6 @@ pytestmark = pytest.mark.slow
 def _samples(out):
     shards = sorted(str(p) for p in out.glob("*.tar"))
     return {s["__key__"]: s for s in wds.WebDataset(shards, shardshuffle=False)}
-
-
-def _png(data):
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img.ndim == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
-    return img
 
 
 def _normalised_mesh(asset, meta):
@@ -93,9 +87,9 @@ def test_meta_and_cameras_follow_format_v1(rendered):
         assert cams["c2w"].shape == (n, 4, 4) and cams["K"].shape == (n, 3, 3)
         assert cams["hw"].tolist() == [[96, 96]] * n
         for i in range(n):
-            assert _png(s[f"{i:03d}.rgba.png"]).shape == (96, 96, 4)
-            assert _png(s[f"{i:03d}.depth.png"]).dtype == np.uint16
-            assert _png(s[f"{i:03d}.normal.png"]).shape == (96, 96, 3)
+            assert decode_rgba(s, i).shape == (96, 96, 4)
+            assert decode_depth_raw(s, i).dtype == np.uint16
+            assert decode_normal(s, i).shape == (96, 96, 3)
 
 
 def test_depth_backprojects_onto_the_source_mesh_and_alpha_matches_its_silhouette(rendered):
@@ -110,8 +104,8 @@ def test_depth_backprojects_onto_the_source_mesh_and_alpha_matches_its_silhouett
         np.testing.assert_allclose((lo + hi) / 2, 0.0, atol=1e-3)
         for i in range(meta["num_views"]):
             K, c2w = cams["K"][i].astype(float), cams["c2w"][i].astype(float)
-            depth = _png(s[f"{i:03d}.depth.png"]).astype(np.float64) / meta["depth_scale"]
-            alpha = _png(s[f"{i:03d}.rgba.png"])[..., 3]
+            depth = decode_depth_raw(s, i).astype(np.float64) / meta["depth_scale"]
+            alpha = decode_rgba(s, i)[..., 3]
             pts = backproject_depth(depth, K, c2w)
             assert len(pts) > 50, f"{key} view {i}: almost nothing rendered"
             _, dist, _ = trimesh.proximity.closest_point(mesh, pts)
@@ -121,10 +115,10 @@ def test_depth_backprojects_onto_the_source_mesh_and_alpha_matches_its_silhouett
             iou = (a & b).sum() / (a | b).sum()
             assert iou > 0.95, f"{key} view {i}: silhouette IoU {iou:.3f}"
             # world-space normals are unit vectors where there is a surface, zero elsewhere
-            normal = _png(s[f"{i:03d}.normal.png"]).astype(np.float64) / 255.0 * 2.0 - 1.0
+            normal = decode_normal(s, i).astype(np.float64)
             norms = np.linalg.norm(normal[alpha >= 128], axis=-1)
             assert np.median(np.abs(norms - 1.0)) < 0.02
-            assert np.all(_png(s[f"{i:03d}.normal.png"])[depth == 0] == 0)
+            assert np.all(normal[depth == 0] == 0)
             checked += 1
     assert checked >= 6 * 8
 
@@ -133,16 +127,16 @@ def test_normals_face_the_camera_on_a_box(rendered):
     s = _samples(rendered["out"])["textured_box"]
     cams = np.load(io.BytesIO(s["cameras.npz"]))
     for i in range(8):
-        alpha = _png(s[f"{i:03d}.rgba.png"])[..., 3]
-        n = _png(s[f"{i:03d}.normal.png"]).astype(np.float64)[alpha == 255] / 255.0 * 2 - 1
+        alpha = decode_rgba(s, i)[..., 3]
+        n = decode_normal(s, i).astype(np.float64)[alpha == 255]
         view_dir = cams["c2w"][i][:3, 2]  # camera +z, towards the scene
         assert np.mean(n @ view_dir < 0) > 0.97  # visible faces point back at the camera
 
 
 def test_vertex_colours_and_textures_reach_the_image(rendered):
     samples = _samples(rendered["out"])
-    sphere = _png(samples["vertex_coloured_sphere"]["000.rgba.png"])
-    box = _png(samples["textured_box"]["000.rgba.png"])
+    sphere = decode_rgba(samples["vertex_coloured_sphere"], 0)
+    box = decode_rgba(samples["textured_box"], 0)
     fg = lambda img: img[img[..., 3] == 255][:, :3].astype(float)
     assert fg(sphere).std(axis=0).mean() > 15  # coloured, not plain grey
     red = fg(box)
