@@ -111,12 +111,12 @@ class ShardDataset(IterableDataset):
         self.error_counts = error_counts if error_counts is not None else torch.zeros(MAX_WORKERS + 1, len(KINDS),
                                                                                       dtype=torch.int64)
         self.epoch = 0  # set by the DataLoader each epoch (``set_epoch``)
-        self._local_iters = 0  # persistent workers never see set_epoch: count epochs locally too
+        self._iters_since_set = 0  # persistent workers never see set_epoch: count epochs locally from it
         self._url = "?"
         self.rank_world: Optional[tuple[int, int]] = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self._iters_since_set = epoch, 0
 
     # --- error reporting ----------------------------------------------------------------------------------
     def _count(self, kind: str) -> None:
@@ -200,7 +200,9 @@ class ShardDataset(IterableDataset):
     def _epoch_id(self) -> int:
         if self.fixed_views:
             return 0
-        return self.epoch * 1_000_003 + self._local_iters
+        # the epoch set last, plus the iterations since (persistent workers keep their copy across epochs), so the
+        # same epoch number gives the same shard order and views in a fresh or a resumed run
+        return self.epoch + max(0, self._iters_since_set - 1)
 
     def _worker_sample_counts(self) -> list[int]:
         """Samples each DataLoader worker of this rank yields per epoch (from the process that builds the loader)."""
@@ -222,7 +224,7 @@ class ShardDataset(IterableDataset):
         return bs * sum(math.ceil(n / bs) for n in self._worker_sample_counts())
 
     def __iter__(self):
-        self._local_iters += 1
+        self._iters_since_set += 1
         if self.resampled:
             rank, worker = self.node_info()[0], wds.utils.pytorch_worker_info()[2]
             shards = wds.ResampledShards(self.urls, seed=self.seed, deterministic=True,
@@ -257,14 +259,19 @@ def tune_worker_malloc(worker_id: int = 0) -> None:
 
 
 class _EpochLoader(DataLoader):
-    """A DataLoader that tells its dataset the epoch before workers start (non-persistent workers copy it)."""
+    """A DataLoader that tells its dataset the epoch before workers start (non-persistent workers copy it).
 
-    def __init__(self, *args, **kwargs):
+    ``epoch_fn`` (the trainer's ``current_epoch`` when a Trainer drives the loader) names the epoch, so a run
+    resumed from a checkpoint continues with the shard order and views of the epoch it stopped in; without it the
+    loader counts its own iterations from 0."""
+
+    def __init__(self, *args, epoch_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._epochs = 0
+        self._epochs, self._epoch_fn = 0, epoch_fn
 
     def __iter__(self):
-        self.dataset.set_epoch(self._epochs)
+        epoch = self._epoch_fn() if self._epoch_fn is not None else None
+        self.dataset.set_epoch(self._epochs if epoch is None else epoch)
         self._epochs += 1
         return super().__iter__()
 
@@ -324,12 +331,16 @@ class ShardDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.val_dataset is None and self.hparams.val_shards:
             self.val_dataset = self._dataset(self.hparams.val_shards, self.val_sampler, train=False)
 
+    def _trainer_epoch(self) -> Optional[int]:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else int(trainer.current_epoch)
+
     def _loader(self, ds: ShardDataset) -> DataLoader:
         hp = self.hparams
         rank, world, _, _ = wds.utils.pytorch_worker_info()  # the main process, after DDP initialisation
         ds.rank_world = (rank, world)
         return _EpochLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
-                            worker_init_fn=tune_worker_malloc, collate_fn=collate,
+                            worker_init_fn=tune_worker_malloc, collate_fn=collate, epoch_fn=self._trainer_epoch,
                             persistent_workers=hp.persistent_workers and hp.num_workers > 0)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
