@@ -115,8 +115,9 @@ class ShardDataset(IterableDataset):
         self._url = "?"
         self.rank_world: Optional[tuple[int, int]] = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch, self._iters_since_set = epoch, 0
+    def set_epoch(self, epoch: int, salt: int = 0) -> None:
+        """``salt`` > 0 gives the epoch a different random stream (a resumed, partly finished resampled epoch)."""
+        self.epoch, self._iters_since_set, self._salt = epoch, 0, salt
 
     # --- error reporting ----------------------------------------------------------------------------------
     def _count(self, kind: str) -> None:
@@ -202,7 +203,7 @@ class ShardDataset(IterableDataset):
             return 0
         # the epoch set last, plus the iterations since (persistent workers keep their copy across epochs), so the
         # same epoch number gives the same shard order and views in a fresh or a resumed run
-        return self.epoch + max(0, self._iters_since_set - 1)
+        return self.epoch + max(0, self._iters_since_set - 1) + (1 << 20) * getattr(self, "_salt", 0)
 
     def _worker_sample_counts(self) -> list[int]:
         """Samples each DataLoader worker of this rank yields per epoch (from the process that builds the loader)."""
@@ -261,19 +262,43 @@ def tune_worker_malloc(worker_id: int = 0) -> None:
 class _EpochLoader(DataLoader):
     """A DataLoader that tells its dataset the epoch before workers start (non-persistent workers copy it).
 
-    ``epoch_fn`` (the trainer's ``current_epoch`` when a Trainer drives the loader) names the epoch, so a run
-    resumed from a checkpoint continues with the shard order and views of the epoch it stopped in; without it the
-    loader counts its own iterations from 0."""
+    ``position_fn`` (the ShardDataModule's, when a Trainer drives the loader) returns ``(epoch, batches already
+    done, restarting)``: the epoch follows the trainer's, and the first iteration after a checkpoint restore
+    continues where the run stopped — the next epoch when the saved epoch was finished, else the same epoch with its
+    finished batches skipped (exact epochs: the same batches are read and dropped, so the resumed run sees exactly
+    the batches the uninterrupted one would; resampled streams: a fresh stream for the rest of that epoch, since a
+    resampled epoch is a random draw anyway). Without it the loader counts its own iterations from 0."""
 
-    def __init__(self, *args, epoch_fn=None, **kwargs):
+    def __init__(self, *args, position_fn=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._epochs, self._epoch_fn = 0, epoch_fn
+        self._epochs, self._position_fn = 0, position_fn
 
     def __iter__(self):
-        epoch = self._epoch_fn() if self._epoch_fn is not None else None
-        self.dataset.set_epoch(self._epochs if epoch is None else epoch)
-        self._epochs += 1
-        return super().__iter__()
+        epoch, skip, salt = self._epochs, 0, 0
+        if self._position_fn is not None and (pos := self._position_fn()) is not None:
+            epoch, done, restarting = pos
+            if restarting and done:
+                if done >= len(self):
+                    epoch += 1  # the checkpoint closed its epoch
+                elif self.dataset.resampled:
+                    salt = 1
+                else:
+                    skip = done
+        self.dataset.set_epoch(epoch, salt)
+        self._epochs = epoch + 1
+        it = super().__iter__()
+        if skip:
+            log.info("resuming epoch %d after %d finished batches: reading and skipping them", epoch, skip)
+            for _ in itertools.islice(it, skip):
+                pass
+        return it
+
+    # Lightning checks for these to know the loader resumes itself (it does, from the trainer's progress above)
+    def state_dict(self) -> dict:
+        return {"next_epoch": self._epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # the position comes from the restored fit loop (position_fn), which also knows the finished batches
 
 
 class ShardDataModule(L.LightningDataModule):
@@ -331,16 +356,23 @@ class ShardDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.val_dataset is None and self.hparams.val_shards:
             self.val_dataset = self._dataset(self.hparams.val_shards, self.val_sampler, train=False)
 
-    def _trainer_epoch(self) -> Optional[int]:
+    def _position(self) -> Optional[tuple[int, int, bool]]:
+        """(epoch, batches finished in it, restarting from a checkpoint) of the trainer's fit loop, if fitting."""
         trainer = getattr(self, "trainer", None)
-        return None if trainer is None else int(trainer.current_epoch)
+        if trainer is None or trainer.state.fn != "fit":
+            return None
+        loop = trainer.fit_loop
+        # a checkpoint written in on_train_batch_end counts its batch as processed, not yet completed
+        done = loop.epoch_loop.batch_progress.current.processed
+        return int(trainer.current_epoch), int(done), bool(loop.restarting)
 
-    def _loader(self, ds: ShardDataset) -> DataLoader:
+    def _loader(self, ds: ShardDataset, train: bool) -> DataLoader:
         hp = self.hparams
         rank, world, _, _ = wds.utils.pytorch_worker_info()  # the main process, after DDP initialisation
         ds.rank_world = (rank, world)
         return _EpochLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
-                            worker_init_fn=tune_worker_malloc, collate_fn=collate, epoch_fn=self._trainer_epoch,
+                            worker_init_fn=tune_worker_malloc, collate_fn=collate,
+                            position_fn=self._position if train else None,
                             persistent_workers=hp.persistent_workers and hp.num_workers > 0)
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -352,11 +384,14 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
-        return self._loader(self.train_dataset)
+        return self._loader(self.train_dataset, train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> Union[DataLoader, list]:
         if self.val_dataset is None:
             self.setup("validate")
         if self.val_dataset is None:
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None and trainer.state.fn == "fit":
+                return []  # fitting without validation data: Lightning skips the validation loop
             raise ValueError("val_dataloader() was asked for but val_shards is not set in the data config")
-        return self._loader(self.val_dataset)
+        return self._loader(self.val_dataset, train=False)

@@ -135,8 +135,7 @@ def finalize(raw: dict) -> dict:
     """The raw loader output (one sample or a batch, on any device) → the float training dict of this module."""
     if "input_bgra" not in raw:
         return raw  # already final
-    out = {k: v for k, v in raw.items() if k not in ("input_bgra", "target_bgra", "target_depth16", "depth_scale",
-                                                     "background")}
+    out = {k: v for k, v in raw.items() if k not in ("input_bgra", "target_bgra", "target_depth16", "depth_scale")}
     bg = raw["background"]
     views = {k: torch.stack(raw[k]) if isinstance(raw[k], (tuple, list)) else raw[k] for k in VIEW_STACKS}
     out["input_image"], out["input_mask"] = _colour_alpha(raw["input_bgra"], bg, lead=0)

@@ -1,0 +1,117 @@
+"""Training callbacks: throughput (samples/s, tokens/s, MFU) and visuals (image grids, meshes) for any logger.
+
+Both work with every Lightning logger; with ``WandbLogger`` images go to W&B as ``wandb.Image`` and meshes as
+``wandb.Object3D``, otherwise they are written under the logger's directory (``visuals/``). Rank zero only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
+
+from geometry.mesh import save_mesh
+
+
+class ThroughputLogger(L.Callback):
+    """Logs ``perf/samples_per_s`` and ``perf/tokens_per_s`` (global, all ranks) every step, and ``perf/mfu``
+    when ``flops_per_sample`` (training FLOPs of one sample, e.g. from ``benchmarks/lrm_throughput.py``) and
+    ``peak_flops`` (per device) are given. ``tokens_per_sample``: the module's ``tokens_per_sample`` when None."""
+
+    def __init__(self, flops_per_sample: Optional[float] = None, peak_flops: Optional[float] = None,
+                 tokens_per_sample: Optional[int] = None, warmup_steps: int = 2):
+        self.flops_per_sample, self.peak_flops = flops_per_sample, peak_flops
+        self.tokens_per_sample, self.warmup_steps = tokens_per_sample, warmup_steps
+        self._t: Optional[float] = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._t is None:
+            self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        dt, self._t = now - self._t, now
+        if trainer.global_step <= self.warmup_steps or dt <= 0:
+            return
+        samples = batch["input_image"].shape[0] * trainer.world_size
+        metrics = {"perf/samples_per_s": samples / dt, "perf/step_time_s": dt}
+        tokens = self.tokens_per_sample or getattr(pl_module, "tokens_per_sample", None)
+        if tokens:
+            metrics["perf/tokens_per_s"] = samples * tokens / dt
+        if self.flops_per_sample and self.peak_flops:
+            metrics["perf/mfu"] = samples * self.flops_per_sample / dt / (self.peak_flops * trainer.world_size)
+        pl_module.log_dict(metrics, batch_size=1)
+
+
+def image_grid(batch: dict, out: dict, max_samples: int = 4) -> np.ndarray:
+    """(H', W', 3) uint8: one row per sample — input | rendered views | target views | rendered depth."""
+    rows = []
+    size = batch["target_images"].shape[-1]
+    for b in range(min(max_samples, batch["input_image"].shape[0])):
+        inp = torch.nn.functional.interpolate(batch["input_image"][b:b + 1].float(), size=(size, size),
+                                              mode="area")[0]
+        depth = out["depth"][b].float()
+        depth = depth / depth.amax().clamp(min=1e-6)
+        tiles = [inp, *out["images"][b].float(), *batch["target_images"][b].float(),
+                 *[d.expand(3, -1, -1) for d in depth]]
+        rows.append(torch.cat([t.clamp(0, 1).cpu() for t in tiles], dim=-1))
+    return (torch.cat(rows, dim=-2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+class VisualLogger(L.Callback):
+    """Every ``every_n_steps`` training steps: an image grid of the current batch (rendered without ray jitter)
+    and, with ``mesh_resolution`` > 0, the mesh of its first object."""
+
+    def __init__(self, every_n_steps: int = 1000, max_samples: int = 4, mesh_resolution: int = 128):
+        self.every_n_steps, self.max_samples, self.mesh_resolution = every_n_steps, max_samples, mesh_resolution
+
+    def _out_dir(self, trainer) -> str:
+        root = trainer.logger.log_dir if trainer.logger and getattr(trainer.logger, "log_dir", None) else \
+            trainer.default_root_dir
+        path = os.path.join(root or ".", "visuals")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self.every_n_steps or step % self.every_n_steps:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        mesh_path = None
+        try:
+            with torch.no_grad(), pl_module.eval_weights():
+                sub = {k: v[:self.max_samples] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+                out, planes, _ = pl_module.forward_views(sub, stratified=False)
+                grid = image_grid(sub, out, self.max_samples)
+                if self.mesh_resolution:
+                    try:
+                        verts, faces, colours = pl_module.extract_mesh(planes[:1], resolution=self.mesh_resolution)
+                        mesh_path = save_mesh(os.path.join(self._out_dir(trainer), f"mesh-step{step:07d}.glb"),
+                                              verts, faces, colours)
+                    except ValueError as exc:  # no surface yet (early training): the images still go out
+                        pl_module.print(f"[visuals] step {step}: no mesh ({exc})")
+        finally:
+            pl_module.train(was_training)
+        self._emit(trainer, step, grid, mesh_path)
+
+    def _emit(self, trainer, step: int, grid: np.ndarray, mesh_path: Optional[str]) -> None:
+        caption = "input | rendered views | targets | depth"
+        wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if wandb_loggers:
+            import wandb
+            payload = {"visuals/views": wandb.Image(grid, caption=caption)}
+            if mesh_path:
+                payload["visuals/mesh"] = wandb.Object3D(mesh_path)
+            for lg in wandb_loggers:
+                lg.experiment.log(payload, step=step)
+        else:
+            Image.fromarray(grid).save(os.path.join(self._out_dir(trainer), f"views-step{step:07d}.png"))

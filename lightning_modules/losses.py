@@ -1,0 +1,88 @@
+"""Losses shared by the models: perceptual (LPIPS-VGG) with weights from local files, PSNR, triplane TV."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class LPIPSLoss(nn.Module):
+    """LPIPS (Zhang et al. 2018) with the VGG-16 backbone, as the LRM uses it; inputs in [0, 1].
+
+    ``vgg_weights``: a local torchvision VGG-16 state dict (``vgg16-397923af.pth``: keys ``features.N.weight``) or a
+    full LPIPS state dict; the LPIPS linear heads ship inside the ``lpips`` wheel. Without a file the backbone keeps
+    random weights (``pretrained_backbone: false`` is how tests say so); a run that asks for the pretrained backbone
+    without a file fails with the fix in the message, because a random backbone is not a perceptual loss.
+    """
+
+    def __init__(self, vgg_weights: Optional[str] = None, pretrained_backbone: bool = True):
+        super().__init__()
+        import lpips  # heavy import, only where the loss is used
+
+        self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        if vgg_weights:
+            self._load(vgg_weights)
+        elif pretrained_backbone:
+            raise FileNotFoundError("LPIPS needs the VGG-16 backbone weights: set loss lpips_weights to a local copy of "
+                                    "torchvision's vgg16-397923af.pth (https://download.pytorch.org/models/), or "
+                                    "lpips_pretrained: false to train with a random backbone (tests, smoke runs)")
+        self.net.requires_grad_(False).eval()
+
+    def _load(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"LPIPS weights {path!r} do not exist: point lpips_weights at torchvision's "
+                                    "vgg16-397923af.pth or an LPIPS state dict")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if any(k.startswith("features.") for k in state):  # torchvision VGG-16 → the five LPIPS slices
+            slices = self.net.net
+            for name, module in slices.named_children():
+                for idx, layer in module.named_children():
+                    if hasattr(layer, "weight"):
+                        layer.weight.data.copy_(state[f"features.{idx}.weight"])
+                        layer.bias.data.copy_(state[f"features.{idx}.bias"])
+        else:
+            missing, unexpected = self.net.load_state_dict(state, strict=False)
+            if unexpected or [k for k in missing if k.startswith("net.")]:
+                raise ValueError(f"{path!r} is not a VGG-16 or LPIPS state dict (missing {missing[:3]}, unexpected "
+                                 f"{unexpected[:3]})")
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # always eval: dropout in the LPIPS heads stays off
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean LPIPS of (…, 3, H, W) images in [0, 1]."""
+        pred, target = pred.flatten(0, -4), target.flatten(0, -4)
+        return self.net(pred * 2 - 1, target * 2 - 1).mean()
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """PSNR in dB of images in [0, 1] (mean over all pixels, or the pixels where ``mask`` > 0.5)."""
+    err = (pred.float() - target.float()) ** 2
+    if mask is not None:
+        m = (mask > 0.5).expand_as(err).float()
+        mse = (err * m).sum() / m.sum().clamp(min=1)
+    else:
+        mse = err.mean()
+    return -10 * torch.log10(mse.clamp(min=1e-10))
+
+
+def triplane_tv(planes: torch.Tensor) -> torch.Tensor:
+    """Total variation of (B, 3, F, P, P) planes: mean squared difference of neighbouring texels."""
+    dx = planes[..., 1:, :] - planes[..., :-1, :]
+    dy = planes[..., :, 1:] - planes[..., :, :-1]
+    return dx.pow(2).mean() + dy.pow(2).mean()
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int, final_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up from 0 over ``warmup`` steps, then cosine to ``final_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,218 @@
+"""LRMModule: trains the LRM (``lightning_modules.networks.lrm``) from format-v1 shards; exports meshes.
+
+Per step (batch = ``datamodules.views.finalize`` dict, N supervision views of H×W):
+
+    cameras ─► canonical frame (source camera at ``camera_distance`` on −Y looking at the origin; depths × s)
+    input image + canonical source camera ─► LRM ─► planes ─► render the N target cameras
+    loss = mean over views of  MSE(rgb) + λ_lpips·LPIPS-VGG(rgb)  [+ λ_mask·MSE(opacity, mask)]
+                               [+ λ_depth·L1(depth, target depth) on the mask]  [+ λ_tv·TV(planes)]
+
+AdamW (β 0.9/0.95, weight decay 0.05 on weight matrices only), linear warm-up then cosine to 0 (per step), optional
+EMA of the weights (validation, prediction and mesh export use it). Every step reseeds the RNG from (seed, step,
+rank), so a run resumed from a checkpoint draws the same ray samples as the uninterrupted run. Gradient clipping and
+precision are Trainer settings (``configs/experiments/lrm_*.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import grad_norm, rank_zero_info
+
+from geometry.mesh import marching_cubes, query_grid, save_mesh
+from geometry.rays import canonical_to_world, canonicalize_cameras
+from lightning_modules.ema import EMA
+from lightning_modules.losses import LPIPSLoss, cosine_with_warmup, psnr, triplane_tv
+from lightning_modules.networks.lrm.model import LRM
+
+log = logging.getLogger(__name__)
+NO_DECAY = ("bias", "norm", "pos_embed", "cls_token")
+
+
+class LRMModule(L.LightningModule):
+    def __init__(self,
+                 # architecture (each a config block of lightning_modules.networks.lrm; defaults = the paper)
+                 encoder: Optional[dict] = None, transformer: Optional[dict] = None, field: Optional[dict] = None,
+                 renderer: Optional[dict] = None, camera_dim: int = 1024, camera_distance: Optional[float] = 2.0,
+                 # loss
+                 lpips_weight: float = 2.0, lpips_weights: Optional[str] = None, lpips_pretrained: bool = True,
+                 mask_weight: float = 0.0, depth_weight: float = 0.0, tv_weight: float = 0.0,
+                 stratified: bool = True,
+                 # optimisation
+                 lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05,
+                 warmup_steps: int = 3000, total_steps: Optional[int] = None, final_lr_ratio: float = 0.0,
+                 ema_decay: Optional[float] = None, seed: int = 0,
+                 # meshes and prediction
+                 mesh_resolution: int = 256, mesh_level: float = 10.0, mesh_format: str = "glb",
+                 predict_dir: str = "predictions"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = LRM(encoder, transformer, field, renderer, camera_dim)
+        self.lpips = LPIPSLoss(lpips_weights, lpips_pretrained) if lpips_weight > 0 else None
+        self.ema = EMA(self.net, ema_decay) if ema_decay else None
+        if mesh_format not in ("glb", "obj", "ply"):
+            raise ValueError(f"mesh_format {mesh_format!r}: expected glb, obj or ply")
+
+    @property
+    def tokens_per_sample(self) -> int:
+        """Transformer tokens one sample puts through the model: image tokens + triplane tokens."""
+        return self.net.encoder.num_tokens + self.net.transformer.pos_embed.shape[0]
+
+    # --- the model on a batch --------------------------------------------------------------------------------
+    def reconstruct(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Planes of the batch's input images, the target cameras in the canonical frame, and the scale s."""
+        canon, c2w, scale = canonicalize_cameras(batch["input_c2w"].float(),
+                                                 batch.get("target_c2w", batch["input_c2w"][:, None]).float(),
+                                                 self.hparams.camera_distance)
+        planes = self.net(batch["input_image"], canon, batch["input_K"].float())
+        return planes, c2w, scale
+
+    def forward_views(self, batch: dict, stratified: bool) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        planes, c2w, scale = self.reconstruct(batch)
+        h, w = batch["target_images"].shape[-2:]
+        out = self.net.render(planes, c2w, batch["target_K"], h, w, batch["background"].float(), stratified)
+        return out, planes, scale
+
+    def losses(self, batch: dict, out: dict, planes: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        hp = self.hparams
+        pred, target = out["images"].float(), batch["target_images"].float()
+        terms = {"mse": F.mse_loss(pred, target)}
+        loss = terms["mse"]
+        if self.lpips is not None:
+            terms["lpips"] = self.lpips(pred, target)
+            loss = loss + hp.lpips_weight * terms["lpips"]
+        if hp.mask_weight:
+            terms["mask"] = F.mse_loss(out["opacity"].float(), batch["target_masks"].float())
+            loss = loss + hp.mask_weight * terms["mask"]
+        if hp.depth_weight:
+            target_depth = batch["target_depths"].float() * scale.view(-1, 1, 1, 1, 1)  # metres of the moved scene
+            m = (target_depth > 0).float()
+            terms["depth"] = ((out["depth"].float() - target_depth).abs() * m).sum() / m.sum().clamp(min=1)
+            loss = loss + hp.depth_weight * terms["depth"]
+        if hp.tv_weight:
+            terms["tv"] = triplane_tv(planes.float())
+            loss = loss + hp.tv_weight * terms["tv"]
+        terms["loss"] = loss
+        with torch.no_grad():
+            terms["psnr"] = psnr(pred.clamp(0, 1), target)
+        return terms
+
+    # --- training ---------------------------------------------------------------------------------------------
+    def _seed_step(self) -> None:
+        """Ray-sampling noise that depends on (seed, step, rank) only: resumed runs repeat it exactly."""
+        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self._seed_step()
+        out, planes, scale = self.forward_views(batch, stratified=self.hparams.stratified)
+        terms = self.losses(batch, out, planes, scale)
+        loss, bs = terms["loss"], batch["input_image"].shape[0]
+        # the loss is averaged over ranks (one scalar all-reduce: the curve of the global batch); the other terms
+        # are rank zero's
+        self.log("train/loss", terms.pop("loss").detach(), prog_bar=True, batch_size=bs, sync_dist=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = grad_norm(self.net, norm_type=2)
+        if "grad_2.0_norm_total" in norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"], batch_size=1)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # here, not in on_train_batch_end: checkpoint callbacks run before that hook
+            self.ema.update(self.net)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas),
+                                fused=torch.cuda.is_available() or None)
+        total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
+        if total <= hp.warmup_steps:
+            rank_zero_info(f"LRM: warm-up ({hp.warmup_steps} steps) is not shorter than the run ({total} steps): "
+                           "the learning rate never reaches its cosine phase")
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: cosine_with_warmup(s, hp.warmup_steps, total, hp.final_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- EMA in checkpoints, validation and prediction ---------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.load_state_dict(checkpoint["ema"])
+
+    def eval_weights(self):
+        """Context: the EMA weights when there are any, else the trained ones."""
+        import contextlib
+        return self.ema.swapped_in(self.net) if self.ema is not None else contextlib.nullcontext(self.net)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        with self.eval_weights():
+            out, planes, scale = self.forward_views(batch, stratified=False)
+            terms = self.losses(batch, out, planes, scale)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch["input_image"].shape[0],
+                      sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        with self.eval_weights():
+            out, planes, scale = self.forward_views(batch, stratified=False)
+            terms = self.losses(batch, out, planes, scale)
+        self.log_dict({f"test/{k}": v for k, v in terms.items()}, batch_size=batch["input_image"].shape[0],
+                      sync_dist=True)
+
+    # --- meshes -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def extract_mesh(self, planes: torch.Tensor, resolution: Optional[int] = None, level: Optional[float] = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One object's planes (1, 3, F, P, P) → vertices (canonical frame), faces, vertex colours in [0, 1]."""
+        bound = self.net.field.bound
+        grid = query_grid(lambda p: self.net.density(planes, p), resolution or self.hparams.mesh_resolution,
+                          (-bound, bound), device=planes.device)
+        verts, faces = marching_cubes(grid, self.hparams.mesh_level if level is None else level, (-bound, bound),
+                                      inside="above")
+        v = torch.from_numpy(verts).to(planes.device)
+        colours = torch.cat([self.net.colour(planes, c) for c in v.split(1 << 18)]).cpu().numpy()
+        return verts, faces, colours
+
+    @torch.no_grad()
+    def export_mesh(self, planes: torch.Tensor, path: str, source_c2w: Optional[torch.Tensor] = None,
+                    normalization: Optional[dict] = None) -> str:
+        """Mesh of one object's planes to ``path`` (.glb/.obj/.ply). With ``source_c2w`` (the input camera in the
+        sample's world) the canonical frame is undone; with ``normalization`` (meta.json's) the asset's own."""
+        verts, faces, colours = self.extract_mesh(planes)
+        if source_c2w is not None:
+            verts = canonical_to_world(torch.from_numpy(verts).double(), source_c2w.double().cpu(),
+                                       self.hparams.camera_distance).float().numpy()
+        return save_mesh(path, verts, faces, colours, normalization=normalization)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        """Input images (a ``datamodules.images.ImageDataModule`` or shard batch) → meshes in ``predict_dir``."""
+        paths = []
+        with self.eval_weights():
+            planes, _, _ = self.reconstruct(batch)
+            for b, key in enumerate(batch["key"]):
+                path = os.path.join(self.hparams.predict_dir, f"{key}.{self.hparams.mesh_format}")
+                try:
+                    paths.append(self.export_mesh(planes[b:b + 1], path))
+                except ValueError as exc:  # an empty density field: say which input, keep going
+                    log.warning("no mesh for %s: %s", key, exc)
+                    continue
+                rank_zero_info(f"[predict] {key} → {path}")
+        return paths

@@ -1,0 +1,1 @@
+"""Plain nn.Modules of the models (no Lightning imports here)."""
