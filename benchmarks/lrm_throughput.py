@@ -7,7 +7,7 @@
 One step = what ``LRMModule.training_step`` + the optimiser do (canonical cameras, encoder, transformer, rendering of
 ``--views`` ``--crop``² views with the config's samples per ray, MSE + LPIPS, backward, gradient clipping, fused AdamW),
 on a synthetic batch (random images, cameras of the ``lrm32`` rig). FLOPs are counted once with
-``torch.utils.flop_counter.FlopCounterMode`` over a forward + backward (matmuls, convolutions and attention: the
+``torch.utils.flop_counter.FlopCounterMode`` over a forward + backward of one sample (× batch) (matmuls, convolutions and attention: the
 "model FLOPs" of MFU; the optimiser and elementwise work are not counted). Limit: a dense square matmul of the same
 dtype on the same device (``--matmul-size``), timed in the same run; MFU = counted FLOPs/s ÷ that rate (and ÷ the
 device's datasheet peak when ``--peak-tflops`` is given). Prints a table row for BENCHMARKS.md.
@@ -55,11 +55,13 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
-def build(config: str, grad_ckpt: bool, deferred: bool, device: torch.device) -> LRMModule:
+def build(config: str, grad_ckpt: bool, deferred: bool, device: torch.device, sampler=None) -> LRMModule:
     cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "model", f"lrm_{config}.yaml")))["init_args"]
     cfg["encoder"] = dict(cfg["encoder"], pretrained=False, checkpoint_path=None, grad_checkpointing=grad_ckpt)
     cfg["transformer"] = dict(cfg["transformer"], grad_checkpointing=grad_ckpt)
     cfg["renderer"] = dict(cfg["renderer"], deferred_backprop=deferred)
+    if sampler:
+        cfg["field"] = dict(cfg["field"], sampler=sampler)
     cfg.update(lpips_weights=None, lpips_pretrained=False)  # random VGG: same FLOPs as the real one
     return LRMModule(**cfg).to(device)
 
@@ -121,6 +123,8 @@ def main(argv=None) -> dict:
     p.add_argument("--matmul-size", type=int, default=0, help="0: 8192 on GPU, 2048 on CPU")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="datasheet dense peak of the device, for reference")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sampler", default=None, choices=["grid_sample", "embedding_bag"], help="override the config's")
+    p.add_argument("--profile", type=int, default=0, help="also print the N most expensive ops of one step")
     args = p.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.precision]
     torch.manual_seed(0)
@@ -130,27 +134,43 @@ def main(argv=None) -> dict:
     n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     limit = matmul_rate(device, dtype, n)
 
-    module = build(args.config, args.grad_checkpointing, args.deferred_backprop, device).train()
+    module = build(args.config, args.grad_checkpointing, args.deferred_backprop, device, args.sampler).train()
     params = sum(p.numel() for p in module.net.parameters())
     opt = torch.optim.AdamW(module.net.parameters(), lr=1e-4, betas=(0.9, 0.95),
                             fused=device.type == "cuda" or None)
     batch = synthetic_batch(module, args.batch, args.views, args.crop, device)
     step = step_fn(module, opt, batch, dtype, device)
-    flops = count_flops(step)
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
+    try:
+        for _ in range(args.warmup):
+            step()
         sync(device)
-        times.append(time.perf_counter() - t)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            step()
+            sync(device)
+            times.append(time.perf_counter() - t)
+    except torch.OutOfMemoryError as exc:
+        print(f"| {args.config} | {args.batch} × {args.views} × {args.crop}² | {args.precision} "
+              f"| {'yes' if args.grad_checkpointing else 'no'} | {'yes' if args.deferred_backprop else 'no'} "
+              f"| out of memory: {str(exc).splitlines()[0][:120]} |", flush=True)
+        return {"oom": True}
     step_s = float(np.median(times))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            step()
+            sync(device)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile, max_name_column_width=60))
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # FLOPs are linear in the batch: counted on one sample (the counter's bookkeeping needs memory of its own)
+    one = {k: v[:1] for k, v in batch.items()}
+    flops = count_flops(step_fn(module, opt, one, dtype, device)) * args.batch
     achieved = flops / step_s
     result = {
         "config": args.config, "batch": args.batch, "views": args.views, "crop": args.crop,
@@ -166,6 +186,7 @@ def main(argv=None) -> dict:
     }
     print(f"# {datetime.date.today()} {result['device']}, torch {torch.__version__}; "
           f"python benchmarks/lrm_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+    print(f"sampler: {module.net.field.sampler}")
     print("| config | batch × views × crop² | precision | ckpt | deferred BP | step s | samples/s | GFLOP/sample "
           "| achieved TFLOP/s | matmul TFLOP/s | **MFU** (vs matmul) | peak memory GiB |")
     print(f"| {args.config} ({params / 1e6:.1f} M) | {args.batch} × {args.views} × {args.crop}² | {args.precision} "

@@ -1,15 +1,21 @@
 """``make demo``: the main job end to end on generated objects, in a few minutes on a CPU.
 
-Renders a few generated objects with Blender (plus one broken file, to show it recorded and skipped), writes
-format-v1 shards, reads a training batch back through the ShardDataModule of ``configs/data/tiny.yaml`` and saves a
-preview (input | supervision views | depth) to ``OUT/preview.png``. Training a tiny LRM on these shards and
-exporting a mesh join this demo with the LRM.
+1. Renders a few generated objects with Blender (plus one broken file, to show it recorded and skipped) and writes
+   format-v1 shards (``OUT/shards``).
+2. Reads a training batch back through the ShardDataModule of ``configs/data/tiny.yaml`` and saves a preview
+   (input | supervision views | depth) to ``OUT/preview.png``.
+3. Trains ``lrm_tiny`` on the shards with ``lift3d fit --config configs/experiments/lrm_tiny.yaml`` (a W&B offline
+   run, checkpoints in ``OUT/lrm``).
+4. Turns each object's source view (as an RGBA PNG in ``OUT/inputs``) into a mesh with ``lift3d predict``
+   (``OUT/meshes/*.glb``).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
+import json
 import os
 import time
 
@@ -50,12 +56,59 @@ def preview(batch: dict, path: str) -> None:
     Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
 
 
+def write_source_views(shard_dir: str, out_dir: str) -> list[str]:
+    """Each object's source view (the LRM's input) as an RGBA PNG, as a user would hand one to ``lift3d predict``."""
+    import webdataset as wds
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for sample in wds.WebDataset(sorted(glob.glob(os.path.join(shard_dir, "*.tar"))), shardshuffle=False):
+        meta = json.loads(sample["meta.json"])
+        view = meta["view_roles"].index("source") if "source" in meta["view_roles"] else 0
+        path = os.path.join(out_dir, f"{sample['__key__']}.png")
+        with open(path, "wb") as f:
+            f.write(sample[f"{view:03d}.rgba.png"])
+        paths.append(path)
+    return paths
+
+
+def train_and_predict(shard_dir: str, out: str, steps: int) -> None:
+    from lightning_modules.cli import main as lift3d
+
+    run_dir = os.path.abspath(os.path.join(out, "lrm"))
+    config = os.path.join(ROOT, "configs", "experiments", "lrm_tiny.yaml")
+    common = [f"--data.init_args.train_shards={shard_dir}", f"--data.init_args.val_shards={shard_dir}"]
+    print(f"[demo] training lrm_tiny for {steps} steps: lift3d fit --config {os.path.relpath(config, ROOT)}",
+          flush=True)
+    lift3d(["fit", "--config", config, *common, f"--trainer.max_steps={steps}",
+            f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
+            "--trainer.callbacks=" + json.dumps([
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": f"{run_dir}/checkpoints", "save_last": True, "every_n_train_steps": steps}},
+                {"class_path": "lightning_modules.callbacks.ThroughputLogger"},
+                {"class_path": "lightning_modules.callbacks.VisualLogger",
+                 "init_args": {"every_n_steps": max(1, steps // 2), "mesh_resolution": 64}}]),
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.check_val_every_n_epoch={max(1, steps // 2)}"])
+    ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    inputs = write_source_views(shard_dir, os.path.join(out, "inputs"))
+    mesh_dir = os.path.abspath(os.path.join(out, "meshes"))
+    print(f"[demo] meshes from {len(inputs)} input images: lift3d predict --ckpt_path {ckpt}", flush=True)
+    lift3d(["predict", "--config", config, f"--ckpt_path={ckpt}", "--trainer.logger=false",
+            "--trainer.callbacks=[]", "--data=datamodules.images.ImageDataModule",
+            f"--data.images={os.path.abspath(os.path.join(out, 'inputs'))}", "--data.input_size=64",
+            "--data.foreground_ratio=0", f"--model.init_args.predict_dir={mesh_dir}"])
+    meshes = sorted(glob.glob(os.path.join(mesh_dir, "*.glb")))
+    print(f"[demo] {len(meshes)} meshes: {', '.join(os.path.relpath(m) for m in meshes)}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="data/demo", help="output directory (shards, logs, preview.png)")
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--train-steps", type=int, default=300, help="lrm_tiny training steps (0: stop after the preview)")
     args = p.parse_args(argv)
     t0 = time.time()
     asset_dir = os.path.join(args.out, "assets")
@@ -81,6 +134,8 @@ def main(argv=None) -> int:
     out_png = os.path.join(args.out, "preview.png")
     preview(batch, out_png)
     print(f"[demo] preview (input | views | depth) → {out_png}", flush=True)
+    if args.train_steps:
+        train_and_predict(shard_dir, args.out, args.train_steps)
     print(f"[demo] done in {time.time() - t0:.0f}s; shards in {shard_dir}, index {shard_dir}/index.json", flush=True)
     return 0
 

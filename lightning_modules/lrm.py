@@ -140,7 +140,7 @@ class LRMModule(L.LightningModule):
                 (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas),
-                                fused=torch.cuda.is_available() or None)
+                                foreach=True)  # not fused: Lightning clips gradients itself, which fused AdamW refuses
         total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
         if total <= hp.warmup_steps:
             rank_zero_info(f"LRM: warm-up ({hp.warmup_steps} steps) is not shorter than the run ({total} steps): "

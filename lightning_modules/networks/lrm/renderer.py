@@ -33,10 +33,13 @@ class TriplaneField(nn.Module):
     PLANES = ((0, 1), (0, 2), (1, 2))  # xy, xz, yz: the axes each plane spans
 
     def __init__(self, triplane_dim: int = 80, aggregate: str = "sum", hidden: int = 64, layers: int = 10,
-                 bound: float = 1.0, density_bias: float = -1.0):
+                 bound: float = 1.0, density_bias: float = -1.0, sampler: str = "grid_sample"):
         super().__init__()
         if aggregate not in ("sum", "concat"):
             raise ValueError(f"field.aggregate {aggregate!r}: expected 'sum' or 'concat'")
+        if sampler not in ("grid_sample", "embedding_bag"):
+            raise ValueError(f"field.sampler {sampler!r}: expected 'grid_sample' or 'embedding_bag'")
+        self.sampler = sampler
         if layers < 2:
             raise ValueError(f"field.layers must be at least 2 (input and output layers), got {layers}")
         self.aggregate, self.bound, self.density_bias = aggregate, bound, density_bias
@@ -48,13 +51,43 @@ class TriplaneField(nn.Module):
         self.mlp = nn.Sequential(*mlp, nn.Linear(hidden, 4))
 
     def features(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """planes (B, 3, F, P, P), points (B, N, 3) → features (B, N, F or 3F)."""
+        """planes (B, 3, F, P, P), points (B, N, 3) → features (B, N, F or 3F).
+
+        Two samplers compute the same bilinear interpolation (align_corners=False, border padding):
+        ``grid_sample``, and ``embedding_bag`` — the planes as a table of texels and each point as a bag of its 4
+        (per plane) weighted texels; its backward reduces by sorted index instead of atomic adds, which matters on
+        GPUs where millions of samples land on the same 64² texels."""
+        if self.sampler == "embedding_bag":
+            return self._features_embedding_bag(planes, points)
         b = planes.shape[0]
         coords = torch.stack([points[..., list(axes)] for axes in self.PLANES], dim=1) / self.bound  # (B, 3, N, 2)
         sampled = F.grid_sample(planes.flatten(0, 1), coords.flatten(0, 1).unsqueeze(2).to(planes.dtype),
                                 mode="bilinear", padding_mode="border", align_corners=False)  # (B·3, F, N, 1)
         sampled = sampled.squeeze(-1).unflatten(0, (b, 3)).permute(0, 1, 3, 2)  # (B, 3, N, F)
         return sampled.sum(dim=1) if self.aggregate == "sum" else torch.cat(sampled.unbind(1), dim=-1)
+
+    def _features_embedding_bag(self, planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        b, _, f, h, w = planes.shape
+        n = points.shape[1]
+        dtype = torch.promote_types(planes.dtype, torch.float32)  # bf16 planes are sampled in fp32, as grid_sample
+        table = planes.permute(0, 1, 3, 4, 2).reshape(b * 3 * h * w, f).to(dtype)  # texel rows (B·3·P·P, F)
+        idx, wts = [], []
+        for p, axes in enumerate(self.PLANES):
+            uv = points[..., list(axes)].to(dtype) / self.bound  # (B, N, 2) in [-1, 1]: x → width, y → height
+            x = (((uv[..., 0] + 1) * w - 1) / 2).clamp(0, w - 1)
+            y = (((uv[..., 1] + 1) * h - 1) / 2).clamp(0, h - 1)
+            x0, y0 = x.floor(), y.floor()
+            wx, wy = x - x0, y - y0
+            x0, y0 = x0.long(), y0.long()
+            x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+            base = (torch.arange(b, device=points.device)[:, None] * 3 + p) * (h * w)  # (B, 1)
+            idx.append(torch.stack([base + y0 * w + x0, base + y0 * w + x1, base + y1 * w + x0,
+                                    base + y1 * w + x1], dim=-1))  # (B, N, 4)
+            wts.append(torch.stack([(1 - wx) * (1 - wy), wx * (1 - wy), (1 - wx) * wy, wx * wy], dim=-1))
+        idx, wts = torch.stack(idx, dim=2), torch.stack(wts, dim=2)  # (B, N, 3, 4)
+        bag = 12 if self.aggregate == "sum" else 4  # sum: one bag of all 12 taps; concat: a bag per plane
+        out = F.embedding_bag(idx.reshape(-1, bag), table, mode="sum", per_sample_weights=wts.reshape(-1, bag))
+        return out.view(b, n, f) if self.aggregate == "sum" else out.view(b, n, 3 * f)
 
     def forward(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.mlp(self.features(planes, points))
@@ -137,12 +170,13 @@ class VolumeRenderer(nn.Module):
 
     def forward(self, field: Field, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
                 stratified: bool = False) -> dict[str, torch.Tensor]:
-        """Chunks of ``chunk`` rays; with ``deferred_backprop`` each chunk is rendered without keeping its
+        """Chunks of ``chunk`` rays (all samples of the batch together); with ``deferred_backprop`` each chunk is rendered without keeping its
         activations and re-rendered, chunk by chunk, when the image gradient comes back (deferred
         back-propagation: full-image losses at the memory of one chunk)."""
         outs = []
-        for start in range(0, origins.shape[1], self.chunk):
-            o, d = origins[:, start:start + self.chunk], dirs[:, start:start + self.chunk]
+        step = max(1, self.chunk // origins.shape[0])  # ``chunk`` counts rays over the whole batch
+        for start in range(0, origins.shape[1], step):
+            o, d = origins[:, start:start + step], dirs[:, start:start + step]
             if self.deferred_backprop and torch.is_grad_enabled():
                 outs.append(checkpoint(self.render_rays, field, o, d, background, stratified, use_reentrant=False))
             else:

@@ -205,3 +205,24 @@ def test_deferred_backprop_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("aggregate", ["sum", "concat"])
+def test_embedding_bag_sampler_matches_grid_sample(aggregate):
+    """Both triplane samplers give the same features and the same plane gradients (points inside and outside
+    the box: border padding)."""
+    from lightning_modules.networks.lrm.renderer import TriplaneField
+
+    torch.manual_seed(0)
+    planes = torch.randn(2, 3, 5, 8, 8, dtype=torch.float64)
+    points = torch.rand(2, 300, 3, dtype=torch.float64) * 2.4 - 1.2
+    feats, grads = [], []
+    for sampler in ("grid_sample", "embedding_bag"):
+        field = TriplaneField(5, aggregate=aggregate, sampler=sampler)
+        p = planes.clone().requires_grad_(True)
+        out = field.features(p, points)
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).sum().backward()
+        feats.append(out.double())
+        grads.append(p.grad)
+    torch.testing.assert_close(feats[1], feats[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-6)

@@ -1,0 +1,1 @@
+"""The LRM networks: encoder, camera-modulated triplane transformer, triplane NeRF renderer, the model."""
