@@ -49,7 +49,7 @@ class LRMModule(L.LightningModule):
                  warmup_steps: int = 3000, total_steps: Optional[int] = None, final_lr_ratio: float = 0.0,
                  ema_decay: Optional[float] = None, seed: int = 0,
                  # meshes and prediction
-                 mesh_resolution: int = 256, mesh_level: float = 10.0, mesh_format: str = "glb",
+                 mesh_resolution: int = 256, mesh_level: Optional[float] = 10.0, mesh_format: str = "glb",
                  predict_dir: str = "predictions"):
         super().__init__()
         self.save_hyperparameters()
@@ -163,30 +163,37 @@ class LRMModule(L.LightningModule):
         import contextlib
         return self.ema.swapped_in(self.net) if self.ema is not None else contextlib.nullcontext(self.net)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def _evaluate(self, batch: dict, stage: str) -> None:
+        """Losses and PSNR of the target views rendered without ray jitter, with the evaluation weights."""
         with self.eval_weights():
             out, planes, scale = self.forward_views(batch, stratified=False)
             terms = self.losses(batch, out, planes, scale)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, batch_size=batch["input_image"].shape[0],
+        self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=batch["input_image"].shape[0],
                       sync_dist=True)
 
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        with self.eval_weights():
-            out, planes, scale = self.forward_views(batch, stratified=False)
-            terms = self.losses(batch, out, planes, scale)
-        self.log_dict({f"test/{k}": v for k, v in terms.items()}, batch_size=batch["input_image"].shape[0],
-                      sync_dist=True)
+        self._evaluate(batch, "test")
 
     # --- meshes -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def extract_mesh(self, planes: torch.Tensor, resolution: Optional[int] = None, level: Optional[float] = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One object's planes (1, 3, F, P, P) → vertices (canonical frame), faces, vertex colours in [0, 1]."""
+        """One object's planes (1, 3, F, P, P) → vertices (canonical frame), faces, vertex colours in [0, 1].
+
+        The surface is where the density crosses ``mesh_level`` (``None``: halfway between the grid's minimum and its
+        99.5th percentile, for models whose density scale is not known in advance, e.g. briefly trained ones)."""
         bound = self.net.field.bound
         grid = query_grid(lambda p: self.net.density(planes, p), resolution or self.hparams.mesh_resolution,
                           (-bound, bound), device=planes.device)
-        verts, faces = marching_cubes(grid, self.hparams.mesh_level if level is None else level, (-bound, bound),
-                                      inside="above")
+        level = self.hparams.mesh_level if level is None else level
+        if level is None:  # automatic: halfway from empty space (the minimum) to the interior (99.5th percentile)
+            sub = grid.flatten()[::max(1, grid.numel() // 2_000_000)]
+            lo, hi = float(sub.min()), float(torch.quantile(sub, 0.995))
+            level = lo + 0.5 * (hi - lo)
+        verts, faces = marching_cubes(grid, level, (-bound, bound), inside="above")
         v = torch.from_numpy(verts).to(planes.device)
         colours = torch.cat([self.net.colour(planes, c) for c in v.split(1 << 18)]).cpu().numpy()
         return verts, faces, colours
