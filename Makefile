@@ -40,3 +40,5 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/render_throughput.py
 	$(PY) benchmarks/loader_throughput.py
+	$(PY) benchmarks/lrm_throughput.py --config tiny --batch 2 --views 4 --crop 32
+	$(PY) benchmarks/lrm_inference.py --config tiny --resolution 128 --surface sphere
