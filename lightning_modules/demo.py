@@ -80,17 +80,19 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> None:
     common = [f"--data.init_args.train_shards={shard_dir}", f"--data.init_args.val_shards={shard_dir}"]
     print(f"[demo] training lrm_tiny for {steps} steps: lift3d fit --config {os.path.relpath(config, ROOT)}",
           flush=True)
-    lift3d(["fit", "--config", config, *common, f"--trainer.max_steps={steps}",
+    ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    resume = [f"--ckpt_path={ckpt}"] if os.path.exists(ckpt) else []  # a second `make demo` continues the run
+    lift3d(["fit", "--config", config, *common, *resume, f"--trainer.max_steps={steps}",
             f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
             "--trainer.callbacks=" + json.dumps([
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": f"{run_dir}/checkpoints", "save_last": True, "every_n_train_steps": steps}},
+                 "init_args": {"dirpath": f"{run_dir}/checkpoints", "save_last": True, "every_n_train_steps": steps,
+                               "enable_version_counter": False}},
                 {"class_path": "lightning_modules.callbacks.ThroughputLogger"},
                 {"class_path": "lightning_modules.callbacks.VisualLogger",
                  "init_args": {"every_n_steps": max(1, steps // 2), "mesh_resolution": 64}}]),
             "--trainer.enable_progress_bar=false",
             f"--trainer.check_val_every_n_epoch={max(1, steps // 2)}"])
-    ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
     inputs = write_source_views(shard_dir, os.path.join(out, "inputs"))
     mesh_dir = os.path.abspath(os.path.join(out, "meshes"))
     print(f"[demo] meshes from {len(inputs)} input images: lift3d predict --ckpt_path {ckpt}", flush=True)

@@ -52,7 +52,12 @@ class LRMModule(L.LightningModule):
                  mesh_resolution: int = 256, mesh_level: Optional[float] = 10.0, mesh_format: str = "glb",
                  predict_dir: str = "predictions"):
         super().__init__()
-        self.save_hyperparameters()
+        # mesh and prediction settings are run-time choices, not part of the trained model: kept out of the
+        # checkpoint's hparams so `lift3d predict --ckpt_path ... --model.init_args.predict_dir ...` is obeyed
+        # (LightningCLI re-applies a checkpoint's hparams over the command line)
+        self.save_hyperparameters(ignore=["mesh_resolution", "mesh_level", "mesh_format", "predict_dir"])
+        self.mesh_resolution, self.mesh_level, self.mesh_format = mesh_resolution, mesh_level, mesh_format
+        self.predict_dir = predict_dir
         self.net = LRM(encoder, transformer, field, renderer, camera_dim)
         self.lpips = LPIPSLoss(lpips_weights, lpips_pretrained) if lpips_weight > 0 else None
         self.ema = EMA(self.net, ema_decay) if ema_decay else None
@@ -186,9 +191,9 @@ class LRMModule(L.LightningModule):
         The surface is where the density crosses ``mesh_level`` (``None``: halfway between the grid's minimum and its
         99.5th percentile, for models whose density scale is not known in advance, e.g. briefly trained ones)."""
         bound = self.net.field.bound
-        grid = query_grid(lambda p: self.net.density(planes, p), resolution or self.hparams.mesh_resolution,
+        grid = query_grid(lambda p: self.net.density(planes, p), resolution or self.mesh_resolution,
                           (-bound, bound), device=planes.device)
-        level = self.hparams.mesh_level if level is None else level
+        level = self.mesh_level if level is None else level
         if level is None:  # automatic: halfway from empty space (the minimum) to the interior (99.5th percentile)
             sub = grid.flatten()[::max(1, grid.numel() // 2_000_000)]
             lo, hi = float(sub.min()), float(torch.quantile(sub, 0.995))
@@ -215,7 +220,7 @@ class LRMModule(L.LightningModule):
         with self.eval_weights():
             planes, _, _ = self.reconstruct(batch)
             for b, key in enumerate(batch["key"]):
-                path = os.path.join(self.hparams.predict_dir, f"{key}.{self.hparams.mesh_format}")
+                path = os.path.join(self.predict_dir, f"{key}.{self.mesh_format}")
                 try:
                     paths.append(self.export_mesh(planes[b:b + 1], path))
                 except ValueError as exc:  # an empty density field: say which input, keep going
