@@ -74,4 +74,4 @@ def test_tiny_experiment_instantiates():
                                         "--trainer.logger=false"])
     assert type(cli.model).__name__ == "LRMModule"
     assert cli.model.net.transformer.pos_embed.shape == (3 * 8 * 8, 64)
-    assert cli.trainer.max_steps == 300
+    assert cli.trainer.max_steps == 400
