@@ -81,7 +81,9 @@ def canonical_transform(source_c2w: torch.Tensor, distance: float | None = 2.0
     scale = torch.ones_like(centre_dist) if distance is None else distance / centre_dist.clamp(min=1e-8)
     src = _scale_translation(source_c2w, scale)
     dist = src[..., :3, 3].norm(dim=-1)  # = distance, or the source's own
-    canon = torch.stack([canonical_c2w(float(d), source_c2w.dtype, source_c2w.device) for d in dist.tolist()])
+    # the canonical rotation does not depend on the distance: one unit camera, its centre scaled per sample
+    unit = canonical_c2w(1.0, source_c2w.dtype, source_c2w.device)
+    canon = _scale_translation(unit.expand_as(source_c2w), dist)
     return canon, canon @ invert_rigid(src), scale
 
 

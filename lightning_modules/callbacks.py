@@ -50,17 +50,18 @@ class ThroughputLogger(L.Callback):
         pl_module.log_dict(metrics, batch_size=1)
 
 
-def image_grid(batch: dict, out: dict, max_samples: int = 4) -> np.ndarray:
-    """(H', W', 3) uint8: one row per sample — input | rendered views | target views | rendered depth."""
+def image_grid(batch: dict, out: Optional[dict] = None, max_samples: int = 4) -> np.ndarray:
+    """(H', W', 3) uint8: one row per sample — input | rendered views | target views | depth (rendered when
+    ``out`` is given, else the targets'; each normalised to its maximum)."""
     rows = []
     size = batch["target_images"].shape[-1]
     for b in range(min(max_samples, batch["input_image"].shape[0])):
         inp = torch.nn.functional.interpolate(batch["input_image"][b:b + 1].float(), size=(size, size),
                                               mode="area")[0]
-        depth = out["depth"][b].float()
+        depth = (out["depth"] if out is not None else batch["target_depths"])[b].float()
         depth = depth / depth.amax().clamp(min=1e-6)
-        tiles = [inp, *out["images"][b].float(), *batch["target_images"][b].float(),
-                 *[d.expand(3, -1, -1) for d in depth]]
+        rendered = list(out["images"][b].float()) if out is not None else []
+        tiles = [inp, *rendered, *batch["target_images"][b].float(), *[d.expand(3, -1, -1) for d in depth]]
         rows.append(torch.cat([t.clamp(0, 1).cpu() for t in tiles], dim=-1))
     return (torch.cat(rows, dim=-2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 

@@ -19,11 +19,11 @@ import json
 import os
 import time
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image
 
+from lightning_modules.callbacks import image_grid
 from render_farm import synthetic
 from render_farm.config import load_config
 from render_farm.farm import render_task
@@ -41,18 +41,8 @@ def build_datamodule(config_path: str, shards: str):
 
 
 def preview(batch: dict, path: str) -> None:
-    """One row per sample: input view | supervision views | their depth (normalised)."""
-    rows = []
-    for b in range(batch["input_image"].shape[0]):
-        tiles = [batch["input_image"][b]]
-        size = batch["target_images"].shape[-1]
-        tiles = [torch.nn.functional.interpolate(tiles[0][None], size=(size, size), mode="area")[0]]
-        tiles += list(batch["target_images"][b])
-        depth = batch["target_depths"][b]
-        d = depth / depth.max().clamp(min=1e-6)
-        tiles += [d.expand(3, -1, -1) for d in d]
-        rows.append(torch.cat(tiles, dim=-1))
-    grid = (torch.cat(rows, dim=-2).permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    """One row per sample: input view | supervision views | their depth (normalised), enlarged 3×."""
+    grid = image_grid(batch, max_samples=batch["input_image"].shape[0])
     Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
 
 

@@ -15,6 +15,7 @@ precision are Trainer settings (``configs/experiments/lrm_*.yaml``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Optional
@@ -165,7 +166,6 @@ class LRMModule(L.LightningModule):
 
     def eval_weights(self):
         """Context: the EMA weights when there are any, else the trained ones."""
-        import contextlib
         return self.ema.swapped_in(self.net) if self.ema is not None else contextlib.nullcontext(self.net)
 
     def _evaluate(self, batch: dict, stage: str) -> None:

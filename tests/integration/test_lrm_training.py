@@ -82,8 +82,7 @@ def overfit(lrm_shards, tmp_path_factory):
 
 def all_views(shards, uid):
     """Every view of one object (input = its source view), as the training dict."""
-    dm = ShardDataModule(str(shards), batch_size=1, num_workers=0, shuffle_buffer=0, resampled=False,
-                         num_target_views=15, include_input_in_targets=True, input_size=64, target_size=32)
+    dm = datamodule(shards, batch_size=1, views=15)
     dm.setup("fit")
     for batch in dm.train_dataloader():
         batch = finalize(batch)
