@@ -27,9 +27,9 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from geometry.cameras import intrinsics_from_fov  # noqa: E402
 from geometry.mesh import marching_cubes, query_grid  # noqa: E402
 from geometry.rays import canonical_c2w  # noqa: E402
-from geometry.cameras import intrinsics_from_fov  # noqa: E402
 from lightning_modules.networks.lrm.model import LRM  # noqa: E402
 from lightning_modules.networks.lrm.transformer import camera_features  # noqa: E402
 

@@ -17,7 +17,6 @@ from datamodules.shard_datamodule import ShardDataModule
 from datamodules.views import finalize
 from geometry.cameras import backproject_depth
 from geometry.mesh import chamfer_distance, sample_surface
-from geometry.rays import canonical_to_world
 from lightning_modules.lrm import LRMModule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,7 +34,8 @@ MAX_CHAMFER = 9.0     # sphere mesh vs its rendered depth, normalised units (the
 
 
 def tiny_module(**overrides) -> LRMModule:
-    cfg = yaml.safe_load(open(TINY))["init_args"]
+    with open(TINY) as f:
+        cfg = yaml.safe_load(f)["init_args"]
     cfg.update(overrides)
     return LRMModule(**cfg)
 
@@ -162,7 +162,8 @@ def _cli_losses(tmp_path, name, devices, batch_size, shards, steps=5):
     env = dict(os.environ, PL_DISABLE_FORK="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    rows = list(csv.DictReader(open(glob.glob(str(out / "**" / "metrics.csv"), recursive=True)[0])))
+    with open(glob.glob(str(out / "**" / "metrics.csv"), recursive=True)[0]) as f:
+        rows = list(csv.DictReader(f))
     return [float(r["train/loss"]) for r in rows if r.get("train/loss")], proc.stdout + proc.stderr
 
 

@@ -24,7 +24,11 @@ from torch import nn
 from geometry.rays import camera_rays
 from lightning_modules.networks.lrm.encoder import DinoEncoder
 from lightning_modules.networks.lrm.renderer import TriplaneField, VolumeRenderer
-from lightning_modules.networks.lrm.transformer import CameraEmbedder, TriplaneTransformer, camera_features
+from lightning_modules.networks.lrm.transformer import (
+    CameraEmbedder,
+    TriplaneTransformer,
+    camera_features,
+)
 
 
 def _build(cls, name: str, cfg: Optional[dict], **fixed):

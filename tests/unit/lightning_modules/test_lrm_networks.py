@@ -11,7 +11,6 @@ from geometry.rays import canonical_c2w
 from lightning_modules.networks.lrm.model import LRM
 from lightning_modules.networks.lrm.renderer import VolumeRenderer, composite
 from lightning_modules.networks.lrm.transformer import ModLN
-
 from tests.unit.lightning_modules.conftest import CONFIGS, tiny_lrm_args
 
 
