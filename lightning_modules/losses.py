@@ -56,10 +56,21 @@ class LPIPSLoss(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)  # always eval: dropout in the LPIPS heads stays off
 
+    def distance(self, pred: torch.Tensor, target: torch.Tensor, spatial: bool = False) -> torch.Tensor:
+        """LPIPS per image of (…, 3, H, W) images in [0, 1]: shape (N, 1, 1, 1) with N the flattened leading dims,
+        or with ``spatial`` the per-pixel map (N, 1, H, W) (each layer's distance upsampled bilinearly to H × W and
+        summed, lpips' ``spatial=True``), whose spatial mean is the per-image value (exactly when H and W are
+        divisible by 16, VGG's pooling steps; closely otherwise)."""
+        pred, target = pred.flatten(0, -4), target.flatten(0, -4)
+        self.net.spatial = spatial  # lpips reads this flag in forward; it has no per-call argument
+        try:
+            return self.net(pred * 2 - 1, target * 2 - 1)
+        finally:
+            self.net.spatial = False
+
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean LPIPS of (…, 3, H, W) images in [0, 1]."""
-        pred, target = pred.flatten(0, -4), target.flatten(0, -4)
-        return self.net(pred * 2 - 1, target * 2 - 1).mean()
+        return self.distance(pred, target).mean()
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
