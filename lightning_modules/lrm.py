@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import grad_norm, rank_zero_info
 
 from geometry.mesh import marching_cubes, query_grid, save_mesh
+from geometry.raster import render_turntable, write_turntable
 from geometry.rays import canonical_to_world, canonicalize_cameras
 from lightning_modules.ema import EMA
 from lightning_modules.losses import LPIPSLoss, cosine_with_warmup, psnr, triplane_tv
@@ -51,14 +52,23 @@ class LRMModule(L.LightningModule):
                  ema_decay: Optional[float] = None, seed: int = 0,
                  # meshes and prediction
                  mesh_resolution: int = 256, mesh_level: Optional[float] = 10.0, mesh_format: str = "glb",
-                 predict_dir: str = "predictions"):
+                 predict_dir: str = "predictions", turntable: Optional[str] = "gif", turntable_frames: int = 36,
+                 turntable_size: int = 256):
         super().__init__()
         # mesh and prediction settings are run-time choices, not part of the trained model: kept out of the
         # checkpoint's hparams so `lift3d predict --ckpt_path ... --model.init_args.predict_dir ...` is obeyed
         # (LightningCLI re-applies a checkpoint's hparams over the command line)
-        self.save_hyperparameters(ignore=["mesh_resolution", "mesh_level", "mesh_format", "predict_dir"])
+        self.save_hyperparameters(ignore=["mesh_resolution", "mesh_level", "mesh_format", "predict_dir", "turntable",
+                                          "turntable_frames", "turntable_size"])
         self.mesh_resolution, self.mesh_level, self.mesh_format = mesh_resolution, mesh_level, mesh_format
         self.predict_dir = predict_dir
+        if turntable not in (None, "none", "gif", "mp4"):
+            raise ValueError(f"turntable {turntable!r}: expected gif, mp4, or none (no turntable)")
+        for name, value, least in (("turntable_frames", turntable_frames, 1), ("turntable_size", turntable_size, 8)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        self.turntable = None if turntable == "none" else turntable
+        self.turntable_frames, self.turntable_size = turntable_frames, turntable_size
         self.net = LRM(encoder, transformer, field, renderer, camera_dim)
         self.lpips = LPIPSLoss(lpips_weights, lpips_pretrained) if lpips_weight > 0 else None
         self.ema = EMA(self.net, ema_decay) if ema_decay else None
@@ -205,26 +215,34 @@ class LRMModule(L.LightningModule):
 
     @torch.no_grad()
     def export_mesh(self, planes: torch.Tensor, path: str, source_c2w: Optional[torch.Tensor] = None,
-                    normalization: Optional[dict] = None) -> str:
+                    normalization: Optional[dict] = None, mesh: Optional[tuple] = None) -> str:
         """Mesh of one object's planes to ``path`` (.glb/.obj/.ply). With ``source_c2w`` (the input camera in the
-        sample's world) the canonical frame is undone; with ``normalization`` (meta.json's) the asset's own."""
-        verts, faces, colours = self.extract_mesh(planes)
+        sample's world) the canonical frame is undone; with ``normalization`` (meta.json's) the asset's own.
+        ``mesh``: these planes' :meth:`extract_mesh` result when the caller already has it."""
+        verts, faces, colours = self.extract_mesh(planes) if mesh is None else mesh
         if source_c2w is not None:
             verts = canonical_to_world(torch.from_numpy(verts).double(), source_c2w.double().cpu(),
                                        self.hparams.camera_distance).float().numpy()
         return save_mesh(path, verts, faces, colours, normalization=normalization)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
-        """Input images (a ``datamodules.images.ImageDataModule`` or shard batch) → meshes in ``predict_dir``."""
+        """Input images (a ``datamodules.images.ImageDataModule`` or shard batch) → meshes in ``predict_dir``, each
+        with a turntable (``<key>.gif``/``.mp4``, the mesh as exported: canonical frame) unless ``turntable`` is off."""
         paths = []
         with self.eval_weights():
             planes, _, _ = self.reconstruct(batch)
             for b, key in enumerate(batch["key"]):
                 path = os.path.join(self.predict_dir, f"{key}.{self.mesh_format}")
                 try:
-                    paths.append(self.export_mesh(planes[b:b + 1], path))
+                    mesh = self.extract_mesh(planes[b:b + 1])
+                    paths.append(self.export_mesh(planes[b:b + 1], path, mesh=mesh))
                 except ValueError as exc:  # an empty density field: say which input, keep going
                     log.warning("no mesh for %s: %s", key, exc)
                     continue
                 rank_zero_info(f"[predict] {key} → {path}")
+                if self.turntable:
+                    spin = os.path.join(self.predict_dir, f"{key}.{self.turntable}")
+                    frames = render_turntable(*mesh, n_frames=self.turntable_frames, size=self.turntable_size,
+                                              device=planes.device)
+                    rank_zero_info(f"[predict] {key} turntable → {write_turntable(spin, frames)}")
         return paths
