@@ -47,3 +47,62 @@ def lrm_shards(tmp_path_factory):
                           progress=False)
     assert not summary.failures, summary.failures
     return {"dir": root / "shards", "assets": {a.uid: a for a in made}}
+
+
+@pytest.fixture(scope="session")
+def overfit_lrm(lrm_shards, tmp_path_factory):
+    """lrm_tiny trained 400 steps on ``lrm_shards`` (seed 0): the module, its losses, each object's (PSNR, IoU)
+    before training, and the trained run's checkpoint (``ckpt``) and an untrained one (``ckpt_untrained``)."""
+    import lightning as L
+
+    from tests.integration.lrm_helpers import (OVERFIT_STEPS, LossRecorder, all_views, datamodule, tiny_module,
+                                               trainer, view_metrics)
+
+    L.seed_everything(0)
+    module = tiny_module()
+    root = tmp_path_factory.mktemp("overfit")
+    before = {uid: view_metrics(module.eval(), all_views(lrm_shards["dir"], uid)) for uid in lrm_shards["assets"]}
+    untrained = trainer(root / "untrained", 0, enable_checkpointing=False)
+    untrained.fit(module, datamodule(lrm_shards["dir"]))
+    untrained.save_checkpoint(root / "untrained.ckpt")
+    rec = LossRecorder()
+    run = trainer(root, OVERFIT_STEPS, [rec], enable_checkpointing=False)
+    run.fit(module.train(), datamodule(lrm_shards["dir"]))
+    run.save_checkpoint(root / "trained.ckpt")
+    return {"module": module.eval(), "losses": rec.losses, "before": before, "ckpt": str(root / "trained.ckpt"),
+            "ckpt_untrained": str(root / "untrained.ckpt")}
+
+
+@pytest.fixture(scope="session")
+def eval_shards(tmp_path_factory):
+    """Held-out objects for evaluation: a generated sphere (named ``held_out_sphere``) and the multi-material
+    box + cylinder, rendered by Blender with the ``eval24`` rig at 64² (24 views), plus a shard holding one corrupt
+    sample (``corrupt_object``: its cameras.npz is garbage). ``glob`` matches every shard."""
+    import io
+    import tarfile
+
+    from render_farm.config import load_config
+    from render_farm.farm import render_task
+    from render_farm.sources import LocalDirSource
+
+    root = tmp_path_factory.mktemp("eval_shards")
+    (root / "assets").mkdir()
+    made = [assets.vertex_coloured_sphere(str(root / "assets"), name="held_out_sphere"),
+            assets.multi_material(str(root / "assets"))]
+    cfg = load_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=64, samples=8, rig="eval24",
+                      rig_options={}, shard_maxcount=8)
+    summary = render_task(LocalDirSource(str(root / "assets")), str(root / "shards"), cfg, num_workers=2,
+                          progress=False)
+    assert not summary.failures, summary.failures
+    (shard,) = sorted((root / "shards").glob("*.tar"))
+    with tarfile.open(shard) as src, tarfile.open(root / "shards" / "zz-corrupt.tar", "w") as dst:
+        for member in src.getmembers():
+            key, suffix = member.name.split(".", 1)
+            if key != made[0].uid:
+                continue
+            data = b"not an npz" if suffix == "cameras.npz" else src.extractfile(member).read()
+            info = tarfile.TarInfo(f"corrupt_object.{suffix}")
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    return {"dir": root / "shards", "glob": str(root / "shards" / "*.tar"), "assets_dir": root / "assets",
+            "assets": {a.uid: a for a in made}}
