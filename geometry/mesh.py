@@ -24,7 +24,7 @@ import trimesh
 from scipy.spatial import cKDTree
 from skimage import measure
 
-from geometry.normalization import denormalize
+from geometry.normalization import denormalize, normalize
 
 SUPPORTED_MESH_FORMATS = (".glb", ".gltf", ".obj", ".ply")
 GLTF_FORMATS = (".glb", ".gltf")  # +Y up by the glTF standard: save_mesh turns lift3d's +Z-up world for them
@@ -35,6 +35,48 @@ def z_up_to_y_up(verts: np.ndarray) -> np.ndarray:
     ``(x, y, z)_gltf → (x, −z, y)``."""
     verts = np.asarray(verts)
     return np.stack([verts[..., 0], verts[..., 2], -verts[..., 1]], axis=-1)
+
+
+def y_up_to_z_up(verts: np.ndarray) -> np.ndarray:
+    """(…, 3) +Y up → lift3d world (+Z up): ``(x, y, z) → (x, −z, y)``, the turn Blender's glTF importer applies (and
+    its OBJ importer, whose defaults are forward −Z, up Y); the inverse of :func:`z_up_to_y_up`."""
+    verts = np.asarray(verts)
+    return np.stack([verts[..., 0], -verts[..., 2], verts[..., 1]], axis=-1)
+
+
+Y_UP_FORMATS = (".glb", ".gltf", ".obj")  # formats Blender 4.2's default importers turn from +Y up to +Z up
+LOADABLE_MESH_FORMATS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".off")
+
+
+def load_mesh(path, normalization=None) -> tuple[np.ndarray, np.ndarray]:
+    """A mesh file as (verts (V, 3) float64, faces (F, 3) int64) in the frame the render farm rendered it in.
+
+    Every geometry of the file (scene graph transforms applied) is concatenated. Vertices are turned into lift3d's
+    +Z-up world exactly as Blender 4.2's default importer for the format does (glTF/GLB and OBJ: +Y up turned,
+    :func:`y_up_to_z_up`; PLY/STL/OFF kept as they are), then, with ``normalization`` (a shard's meta.json
+    ``{"scale", "offset"}``), normalised into the shard's [-1, 1]^3 frame: ``(v + offset) × scale``.
+    FBX is rendered by the farm but cannot be read by trimesh: convert such ground truth to GLB first.
+    """
+    path = str(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in LOADABLE_MESH_FORMATS:
+        raise ValueError(f"cannot load {path!r}: {ext or '(no extension)'!r} is not one of "
+                         f"{', '.join(LOADABLE_MESH_FORMATS)} (convert FBX and others to GLB, e.g. with Blender)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mesh file {path!r} does not exist")
+    try:
+        loaded = trimesh.load(path, force="scene", process=False)
+        mesh = loaded.to_geometry() if hasattr(loaded, "to_geometry") else loaded.dump(concatenate=True)
+    except Exception as exc:  # trimesh raises many types on bad files; name the file whatever it was
+        raise ValueError(f"cannot read mesh {path!r}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise ValueError(f"mesh {path!r} has no triangles (a point cloud or an empty scene?)")
+    verts = np.asarray(mesh.vertices, dtype=np.float64)
+    if ext in Y_UP_FORMATS:
+        verts = y_up_to_z_up(verts)
+    if normalization is not None:
+        verts = normalize(verts, float(normalization["scale"]), normalization["offset"])
+    return verts, np.asarray(mesh.faces, dtype=np.int64)
 
 
 def _check_grid_args(resolution, bbox) -> tuple[int, float, float]:
@@ -84,7 +126,8 @@ def query_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int = 256
     return out.reshape(resolution, resolution, resolution)
 
 
-def marching_cubes(grid, level: float, bbox=(-1.0, 1.0), inside: str = "above") -> tuple[np.ndarray, np.ndarray]:
+def marching_cubes(grid, level: float, bbox=(-1.0, 1.0), inside: str = "above", closed: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Extract the ``level`` isosurface of a field sampled as :func:`query_grid` does (skimage, Lewiner).
 
     Args:
@@ -93,6 +136,9 @@ def marching_cubes(grid, level: float, bbox=(-1.0, 1.0), inside: str = "above") 
         level: the iso value (e.g. a density threshold, or 0 for an SDF).
         inside: ``"above"`` when the object is where field > level (density, occupancy), ``"below"`` when it is
             where field < level (signed distance, negative inside).
+        closed: cap the surface where the object reaches the grid's boundary (the grid is padded with an outside
+            value and the cap vertices are clamped onto the bbox), so the mesh is closed (watertight) even then:
+            what a volume measurement needs. Off by default: an open cut shows that the object left the grid.
 
     Returns:
         verts (V, 3) float32 in world coordinates, faces (F, 3) int64 wound counter-clockwise seen from outside,
@@ -117,12 +163,19 @@ def marching_cubes(grid, level: float, bbox=(-1.0, 1.0), inside: str = "above") 
         raise ValueError(f"no surface: the field ranges over [{fmin:.6g}, {fmax:.6g}], level {level:.6g} is outside "
                          f"it; the model may be untrained/empty or the level wrong")
     spacing = tuple((hi - lo) / (n - 1) for n in grid.shape)
+    origin = np.full(3, lo)
+    if closed:  # one layer of empty space around the grid
+        grid = np.pad(grid, 1, constant_values=fmin - 1.0 if inside == "above" else fmax + 1.0)
+        origin = origin - np.asarray(spacing)
     verts, faces, _, _ = measure.marching_cubes(grid, level=level, spacing=spacing)
     # skimage's default ('descent') winds faces so normals point towards higher values: inward for a field that is
     # high inside. Reverse the winding there so normals point outward in both cases.
     if inside == "above":
         faces = faces[:, ::-1]
-    return (verts + lo).astype(np.float32), np.ascontiguousarray(faces, dtype=np.int64)
+    verts = verts + origin
+    if closed:
+        verts = np.clip(verts, lo, hi)  # caps onto the bbox faces (moving vertices keeps the mesh closed)
+    return verts.astype(np.float32), np.ascontiguousarray(faces, dtype=np.int64)
 
 
 def save_mesh(path, verts, faces, vertex_colors=None, normalization=None, *, y_up: Optional[bool] = None) -> str:

@@ -194,12 +194,13 @@ class LRMModule(L.LightningModule):
 
     # --- meshes -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def extract_mesh(self, planes: torch.Tensor, resolution: Optional[int] = None, level: Optional[float] = None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def extract_mesh(self, planes: torch.Tensor, resolution: Optional[int] = None, level: Optional[float] = None,
+                     closed: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One object's planes (1, 3, F, P, P) → vertices (canonical frame), faces, vertex colours in [0, 1].
 
         The surface is where the density crosses ``mesh_level`` (``None``: halfway between the grid's minimum and its
-        99.5th percentile, for models whose density scale is not known in advance, e.g. briefly trained ones)."""
+        99.5th percentile, for models whose density scale is not known in advance, e.g. briefly trained ones).
+        ``closed``: cap the surface where density reaches the grid's boundary (a watertight mesh, for volume IoU)."""
         bound = self.net.field.bound
         grid = query_grid(lambda p: self.net.density(planes, p), resolution or self.mesh_resolution,
                           (-bound, bound), device=planes.device)
@@ -208,7 +209,7 @@ class LRMModule(L.LightningModule):
             sub = grid.flatten()[::max(1, grid.numel() // 2_000_000)]
             lo, hi = float(sub.min()), float(torch.quantile(sub, 0.995))
             level = lo + 0.5 * (hi - lo)
-        verts, faces = marching_cubes(grid, level, (-bound, bound), inside="above")
+        verts, faces = marching_cubes(grid, level, (-bound, bound), inside="above", closed=closed)
         v = torch.from_numpy(verts).to(planes.device)
         colours = torch.cat([self.net.colour(planes, c) for c in v.split(1 << 18)]).cpu().numpy()
         return verts, faces, colours
