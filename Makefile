@@ -42,3 +42,5 @@ bench: setup
 	$(PY) benchmarks/loader_throughput.py
 	$(PY) benchmarks/lrm_throughput.py --config tiny --batch 2 --views 4 --crop 32
 	$(PY) benchmarks/lrm_inference.py --config tiny --resolution 128 --surface sphere
+	@test -f data/demo/lrm/checkpoints/last.ckpt || $(MAKE) demo
+	$(PY) benchmarks/evaluate_throughput.py
