@@ -6,8 +6,10 @@
    (input | supervision views | depth) to ``OUT/preview.png``.
 3. Trains ``lrm_tiny`` on the shards with ``lift3d fit --config configs/experiments/lrm_tiny.yaml`` (a W&B offline
    run, checkpoints in ``OUT/lrm``).
-4. Turns each object's source view (as an RGBA PNG in ``OUT/inputs``) into a mesh with ``lift3d predict``
-   (``OUT/meshes/*.glb``).
+4. Turns each object's source view (as an RGBA PNG in ``OUT/inputs``) into a mesh and a turntable GIF with
+   ``lift3d predict`` (``OUT/meshes/*.glb``, ``*.gif``).
+5. Renders two held-out generated objects with the ``eval24`` rig (``OUT/held_out``) and scores the checkpoint on
+   them with ``lift3d evaluate`` (``OUT/evaluation/report.html``, ``metrics.jsonl``, a W&B offline run).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def write_source_views(shard_dir: str, out_dir: str) -> list[str]:
     return paths
 
 
-def train_and_predict(shard_dir: str, out: str, steps: int) -> None:
+def train_and_predict(shard_dir: str, out: str, steps: int) -> str:
     from lightning_modules.cli import main as lift3d
 
     run_dir = os.path.abspath(os.path.join(out, "lrm"))
@@ -92,6 +94,29 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> None:
             "--data.foreground_ratio=0", f"--model.init_args.predict_dir={mesh_dir}"])
     meshes = sorted(glob.glob(os.path.join(mesh_dir, "*.glb")))
     print(f"[demo] {len(meshes)} meshes: {', '.join(os.path.relpath(m) for m in meshes)}", flush=True)
+    return ckpt
+
+
+def evaluate_held_out(ckpt: str, out: str, resolution: int, samples: int, num_workers: int) -> None:
+    """Held-out objects (a sphere and a box unlike the training renders' cameras: the eval24 rig) → the report."""
+    from lightning_modules.cli import main as lift3d
+
+    held_out = os.path.join(out, "held_out")
+    assets = os.path.join(held_out, "assets")
+    os.makedirs(assets, exist_ok=True)
+    synthetic.vertex_coloured_sphere(assets, name="held_out_sphere")
+    synthetic.textured_box(assets, name="held_out_box")
+    cfg = load_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=resolution, samples=samples,
+                      rig="eval24", rig_options={})
+    summary = render_task(LocalDirSource(assets), os.path.join(held_out, "shards"), cfg, num_workers=num_workers,
+                          progress=True)
+    print(f"[demo] held-out objects (eval24 rig): {summary.line()}", flush=True)
+    report = os.path.join(out, "evaluation")
+    print(f"[demo] lift3d evaluate --ckpt {os.path.relpath(ckpt)} --shards {os.path.relpath(held_out)}/shards",
+          flush=True)
+    lift3d(["evaluate", "--ckpt", ckpt, "--shards", os.path.join(held_out, "shards"), "--gt-meshes", assets,
+            "--out", report, "--model-config", os.path.join(ROOT, "configs", "model", "lrm_tiny.yaml"),
+            "--wandb-name", "demo-evaluate"])
 
 
 def main(argv=None) -> int:
@@ -127,7 +152,8 @@ def main(argv=None) -> int:
     preview(batch, out_png)
     print(f"[demo] preview (input | views | depth) → {out_png}", flush=True)
     if args.train_steps:
-        train_and_predict(shard_dir, args.out, args.train_steps)
+        ckpt = train_and_predict(shard_dir, args.out, args.train_steps)
+        evaluate_held_out(ckpt, args.out, min(args.resolution, 64), args.samples, args.num_workers)
     print(f"[demo] done in {time.time() - t0:.0f}s; shards in {shard_dir}, index {shard_dir}/index.json", flush=True)
     return 0
 

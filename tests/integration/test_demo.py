@@ -35,3 +35,9 @@ def test_demo_trains_the_tiny_lrm_and_exports_meshes(tmp_path, capsys):
     for m in meshes:
         mesh = trimesh.load(m, force="mesh")
         assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
+        assert Image.open(m.with_suffix(".gif")).n_frames > 1  # the turntable
+    # the held-out objects are scored and reported
+    records = [json.loads(line) for line in (tmp_path / "evaluation" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in records) == ["held_out_box", "held_out_sphere"]
+    assert all(r["held_out_views"] == 23 and "psnr" in r for r in records)
+    assert (tmp_path / "evaluation" / "report.html").exists()
