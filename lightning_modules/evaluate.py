@@ -424,7 +424,8 @@ def log_wandb(out_dir: str, records: list[dict], summary: dict, settings: dict, 
 
     mode = args.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     run = wandb.init(project=args.wandb_project, name=args.wandb_name, group="evaluate", job_type="evaluate",
-                     dir=out_dir, mode=mode, config=settings)
+                     dir=out_dir, mode=mode, config=settings,
+                     reinit="create_new")  # its own run, even in a process with another one open (make demo's fit)
     names = metric_names(records)
     table = wandb.Table(columns=["key", "category", *names, "strip"])
     for r in records:

@@ -41,3 +41,4 @@ def test_demo_trains_the_tiny_lrm_and_exports_meshes(tmp_path, capsys):
     assert sorted(r["key"] for r in records) == ["held_out_box", "held_out_sphere"]
     assert all(r["held_out_views"] == 23 and "psnr" in r for r in records)
     assert (tmp_path / "evaluation" / "report.html").exists()
+    assert list((tmp_path / "evaluation").glob("wandb/offline-run-*")), "evaluation logged into another W&B run"
