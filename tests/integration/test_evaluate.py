@@ -11,11 +11,13 @@ import pytest
 from PIL import Image
 
 from tests.integration.lrm_helpers import ROOT
+from tests.weights import save_random_lpips, save_tiny_clip
 
 pytestmark = pytest.mark.slow
 
 GEOMETRY = ("chamfer", "fscore@0.05", "fscore@0.1", "fscore@0.2", "fscore@0.5")
 APPEARANCE = ("psnr", "ssim", "psnr_masked", "ssim_masked")
+LEARNED = ("lpips", "lpips_masked", "clip")  # with local weights only
 
 
 def evaluate(out, ckpt, shards, *extra, devices=1):
@@ -38,9 +40,12 @@ def trained_run(overfit_lrm, eval_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluate") / "trained"
     categories = out.parent / "categories.csv"
     categories.write_text("key,category\nheld_out_sphere,sphere\nmulti_material,composite\n")
+    weights = [
+        "--lpips-weights", save_random_lpips(out.parent / "lpips.pth"),  # random weights: the wiring, not the value
+        "--clip-weights", save_tiny_clip(out.parent / "clip")]
     records, failures, log = evaluate(out, overfit_lrm["ckpt"], eval_shards["glob"], "--gt-meshes",
                                       str(eval_shards["assets_dir"]), "--categories", str(categories),
-                                      "--save-meshes", "--wandb-mode", "offline")
+                                      "--save-meshes", "--wandb-mode", "offline", *weights)
     return out, records, failures, log
 
 
@@ -49,13 +54,12 @@ def test_every_held_out_object_gets_every_metric(trained_run):
     assert sorted(records) == ["held_out_sphere", "multi_material"]
     for key, r in records.items():
         assert r["held_out_views"] == 23 and r["input_view"] == 0 and r["gt"] == "mesh", r
-        for m in APPEARANCE + GEOMETRY:
+        for m in APPEARANCE + GEOMETRY + LEARNED:
             assert isinstance(r[m], float) and np.isfinite(r[m]), (key, m, r.get(m))
-        assert 0.0 <= r["ssim"] <= 1.0 and 0.0 <= r["chamfer"]
+        assert 0.0 <= r["ssim"] <= 1.0 and 0.0 <= r["chamfer"] and r["lpips"] > 0 and -1.0 <= r["clip"] <= 1.0
         assert all(0.0 <= r[m] <= 1.0 for m in GEOMETRY[1:])
         assert r["fscore@0.05"] <= r["fscore@0.1"] <= r["fscore@0.2"] <= r["fscore@0.5"]  # wider τ, more matches
-        assert "lpips" not in r  # no VGG weights in this checkpoint: skipped with a message
-    assert "LPIPS skipped" in log and "CLIP similarity skipped" in log
+    assert "LPIPS skipped" not in log and "CLIP similarity skipped" not in log
     sphere = records["held_out_sphere"]
     print("held_out_sphere:", {k: v for k, v in sphere.items() if isinstance(v, float)})
     # both the reconstructed and the asset sphere are closed surfaces: volume IoU is defined
@@ -74,7 +78,7 @@ def test_summaries_reports_and_wandb_run(trained_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["objects"] == 2 and summary["failures"] == 1
     assert sorted(summary["categories"]) == ["composite", "sphere"]
-    for m in APPEARANCE + GEOMETRY:
+    for m in APPEARANCE + GEOMETRY + LEARNED:
         mean = np.mean([r[m] for r in records.values()])
         assert summary["overall"][m]["mean"] == pytest.approx(mean)
         assert summary["categories"]["sphere"][m]["mean"] == pytest.approx(records["held_out_sphere"][m])
@@ -123,3 +127,5 @@ def test_two_ranks_over_gloo_give_the_single_rank_results(overfit_lrm, eval_shar
         for m in APPEARANCE + GEOMETRY:
             assert two[key][m] == pytest.approx(one[key][m], rel=1e-5, abs=1e-7), (key, m)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["settings"]["world_size"] == 2
+    # no LPIPS/CLIP weights here: those metrics are left out, and the log says why
+    assert "LPIPS skipped" in log and "CLIP similarity skipped" in log and "lpips" not in one["held_out_sphere"]

@@ -31,6 +31,7 @@ from lightning_modules.metrics import (
 )
 from lightning_modules.metrics.geometry import points_inside
 from lightning_modules.metrics.image import CLIP_SKIP_MESSAGE
+from tests.weights import save_tiny_clip
 
 FSCORE_KEYS = [f"fscore@{t:g}" for t in FSCORE_TAUS]
 
@@ -358,21 +359,7 @@ def test_lpips_metric_per_image_and_masked(lpips_metric):
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
-                     "pad_token_id": 1},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=8,
-    )
-    path = tmp_path_factory.mktemp("clip")
-    CLIPModel(config).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_clip_similarity_from_a_local_directory(clip_dir):
