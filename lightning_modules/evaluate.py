@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import glob
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from datamodules.decode import read_cameras, read_meta, sample_key, view_roles
 from datamodules.shard_datamodule import DATA_ERRORS, resolve_shards
@@ -434,7 +436,7 @@ def log_wandb(out_dir: str, records: list[dict], summary: dict, settings: dict, 
                        wandb.Image(strip) if os.path.isfile(strip) else None)
     run.log({"evaluation/objects": table,
              **{f"evaluation/histogram/{os.path.basename(p)[:-4]}": wandb.Image(p)
-                for p in sorted(_glob(os.path.join(out_dir, "histograms", "*.png")))}})
+                for p in sorted(glob.glob(os.path.join(out_dir, "histograms", "*.png")))}})
     for m, s in summary["overall"].items():
         run.summary[f"evaluation/{m}"] = s["mean"]
     run.summary["evaluation/objects_per_min"] = summary["objects_per_min"]
@@ -445,15 +447,9 @@ def log_wandb(out_dir: str, records: list[dict], summary: dict, settings: dict, 
     return None
 
 
-def _glob(pattern: str) -> list[str]:
-    import glob
-
-    return glob.glob(pattern)
-
-
+@rank_zero_only
 def _rank_zero_warning(msg: str) -> None:
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0:
-        log.warning(msg)
+    log.warning(msg)
 
 
 def _git_commit() -> Optional[str]:
@@ -585,7 +581,10 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     fabric = Fabric(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
                     strategy="ddp" if many else "auto")
     fabric.launch()
-    return _evaluate(fabric, args)
+    try:
+        return _evaluate(fabric, args)
+    except (FileNotFoundError, ValueError) as exc:  # bad inputs: the message names the file and the fix
+        raise SystemExit(f"lift3d evaluate: {exc}") from exc
 
 
 if __name__ == "__main__":

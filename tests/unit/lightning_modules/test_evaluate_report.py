@@ -8,7 +8,7 @@ import pytest
 import trimesh
 
 from geometry.cameras import intrinsics_from_fov, look_at
-from lightning_modules.evaluate import (_html, depth_points, merged, parser, read_categories, summarise,
+from lightning_modules.evaluate import (_html, depth_points, main, merged, parser, read_categories, summarise,
                                         summary_table, write_reports)
 
 RECORDS = [
@@ -103,3 +103,16 @@ def test_parser_defaults_follow_the_protocol():
     args = parser().parse_args(["--ckpt", "m.ckpt", "--shards", "a.tar", "b.tar"])
     assert args.num_points == 10_000 and args.align == "yaw" and args.input_view == "auto"
     assert args.shards == ["a.tar", "b.tar"]
+
+
+def test_bad_inputs_stop_with_the_file_and_the_fix(tmp_path):
+    shard = tmp_path / "a.tar"
+    shard.write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"checkpoint .*missing.ckpt.* does not exist: point --ckpt"):
+        main(["--ckpt", str(tmp_path / "missing.ckpt"), "--shards", str(shard), "--out", str(tmp_path / "o"),
+              "--wandb-mode", "disabled", "--accelerator", "cpu"])
+    with pytest.raises(SystemExit, match=r"no shard matches .*nothing-\*\.tar"):
+        main(["--ckpt", str(tmp_path / "missing.ckpt"), "--shards", str(tmp_path / "nothing-*.tar"), "--out",
+              str(tmp_path / "o"), "--wandb-mode", "disabled", "--accelerator", "cpu"])
+    with pytest.raises(SystemExit, match="--mesh-level 'high'"):
+        main(["--ckpt", "m.ckpt", "--shards", str(shard), "--mesh-level", "high"])
