@@ -322,9 +322,8 @@ def write_turntable(path: Union[str, os.PathLike], frames: np.ndarray, fps: floa
 
     ``.gif``: Pillow through imageio, looping forever, ``1000/fps`` ms a frame (GIF delays are whole centiseconds;
     Pillow merges consecutive identical frames into one longer frame). ``.mp4``: H.264 (yuv420p) through
-    imageio-ffmpeg when it is installed, else OpenCV's ``mp4v`` (MPEG-4 Part 2) writer — plays in desktop players
-    (VLC, mpv, QuickTime) but not in most browsers; install ``imageio-ffmpeg`` for H.264. Parent directories are
-    created. Returns ``str(path)``.
+    imageio-ffmpeg (a project dependency), else — where it is missing — OpenCV's ``mp4v`` (MPEG-4 Part 2) writer,
+    which plays in desktop players (VLC, mpv, QuickTime) but not in most browsers. Parent directories are created. Returns ``str(path)``.
     """
     path = str(path)
     ext = os.path.splitext(path)[1].lower()

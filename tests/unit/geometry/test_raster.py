@@ -259,6 +259,8 @@ def test_turntable_mp4_and_unsupported_extension(tmp_path):
     frames = render_turntable(verts, faces, colors, n_frames=5, size=32)
     path = write_turntable(tmp_path / "spin.mp4", frames, fps=12)
     cap = cv2.VideoCapture(path)
+    # imageio-ffmpeg is a dependency: H.264, which browsers (and W&B) play
+    assert int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") in (b"h264", b"avc1")
     count = 0
     while cap.read()[0]:
         count += 1
