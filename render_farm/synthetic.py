@@ -66,7 +66,7 @@ def checkerboard(size: int = 64, cells: int = 8) -> Image.Image:
     return Image.fromarray(img, "RGBA")
 
 
-def _uv_box(extent: float = 1.0) -> trimesh.Trimesh:
+def uv_box(extent: float = 1.0) -> trimesh.Trimesh:
     """A box with 4 unshared vertices per face (24 in all) so every face gets the full [0, 1]^2 UV square."""
     h = extent / 2.0
     # per face: the normal's axis and sign, then its two tangent axes
@@ -95,7 +95,7 @@ def _uv_box(extent: float = 1.0) -> trimesh.Trimesh:
 
 def textured_box(directory: str, name: str = "textured_box") -> GeneratedAsset:
     """A unit box (side 1, centred at the origin) with a UV-mapped checkerboard texture, as GLB."""
-    mesh = _uv_box(1.0)
+    mesh = uv_box(1.0)
     image = checkerboard()
     material = trimesh.visual.material.PBRMaterial(
         name="checker", baseColorTexture=image, metallicFactor=0.0, roughnessFactor=1.0
