@@ -2,6 +2,9 @@
 
     features.py      FeatureFPN: source views → fused 2-D features
     cost_volume.py   CostVolume: voxels projected into the views → mean/variance over the views that see them,
-                     as sparse (coords, feats) for a spconv 3-D CNN (not built yet: issue 4)
+                     as sparse (coords, feats) for a spconv 3-D CNN
+    sparse_cnn.py    SparseGeometryNet: the cost volume → a geometry volume (spconv sparse 3-D CNN, ≤ 2-level
+                     U-shape) on the same voxels; to_dense → (B, F, R, R, R) for trilinear sampling
+    spconv_compat.py ensure_cpu_backward: without CUDA, spconv's stream getter returns 0 so CPU backward works
     renderer.py      NeuSRenderer: SDF + colour → NeuS volume rendering with a learned variance
 """
