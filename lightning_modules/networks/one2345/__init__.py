@@ -6,5 +6,7 @@
     sparse_cnn.py    SparseGeometryNet: the cost volume → a geometry volume (spconv sparse 3-D CNN, ≤ 2-level
                      U-shape) on the same voxels; to_dense → (B, F, R, R, R) for trilinear sampling
     spconv_compat.py ensure_cpu_backward: without CUDA, spconv's stream getter returns 0 so CPU backward works
+    fields.py        SDFNetwork (PE + geometry feature → SDF, geometric init, weight norm, Softplus β=100) and
+                     BlendingColourNetwork (IBRNet-style softmax blend of the source views' colours)
     renderer.py      NeuSRenderer: SDF + colour → NeuS volume rendering with a learned variance
 """
