@@ -24,15 +24,12 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from datamodules.tar_index import scan_samples  # noqa: E402
-from datamodules.views import ViewSampler, collate, finalize  # noqa: E402
-from lightning_modules.evaluate import LRMReconstructor, list_objects  # noqa: E402
+from lightning_modules.evaluate import LRMReconstructor, held_out_batch, list_objects  # noqa: E402
 from lightning_modules.evaluate import main as evaluate  # noqa: E402
 from render_farm import synthetic  # noqa: E402
 
@@ -50,22 +47,21 @@ def render_held_out(shards: str, assets: str, resolution: int, samples: int, wor
 
 
 def model_only(ckpt: str, shards: str) -> float:
-    """Seconds the model takes on every object: reconstruct from view 0, render the 23 others, extract the mesh."""
+    """Seconds the model takes on every object: reconstruct from the input view, render the others, extract the
+    mesh (the views prepared by the evaluation's own code, outside the timing)."""
     model = LRMReconstructor(ckpt, torch.device("cpu"), model_config=os.path.join(ROOT, "configs", "model",
                                                                                  "lrm_tiny.yaml"))
     seconds = 0.0
-    for url in sorted({u for u, _ in list_objects(shards)[0]}):
-        for sample in scan_samples(url):
-            sampler = ViewSampler(num_target_views=23, input_view=0, input_size=model.input_size, target_size=0)
-            batch = finalize(collate([sampler(sample, np.random.default_rng(0))]))
-            start = time.perf_counter()
-            with model.weights():
-                _, planes = model.render_views(batch)
-                try:
-                    model.mesh(planes, batch["input_c2w"][0])
-                except ValueError:
-                    pass  # no surface: the evaluation records it the same way
-            seconds += time.perf_counter() - start
+    for sample in list_objects(shards)[0]:
+        batch, _, _, _ = held_out_batch(sample, "auto", model.input_size, 0, "white", model.device)
+        start = time.perf_counter()
+        with model.weights():
+            _, planes = model.render_views(batch)
+            try:
+                model.mesh(planes, batch["input_c2w"][0])
+            except ValueError:
+                pass  # no surface: the evaluation records it the same way
+        seconds += time.perf_counter() - start
     return seconds
 
 

@@ -38,7 +38,6 @@ or a CSV/TSV of key,category lines), else ``uncategorised``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import glob
 import json
@@ -56,11 +55,10 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from datamodules.decode import read_cameras, read_meta, sample_key, view_roles
 from datamodules.shard_datamodule import DATA_ERRORS, resolve_shards
-from datamodules.tar_index import TarScanError, scan_samples
+from datamodules.tar_index import LazySample, TarScanError, scan_samples
 from datamodules.views import ViewSampler, collate, finalize
 from geometry.cameras import backproject_depth
 from geometry.mesh import LOADABLE_MESH_FORMATS, load_mesh, save_mesh
-from geometry.rays import canonical_to_world
 from lightning_modules.callbacks import image_grid
 
 log = logging.getLogger(__name__)
@@ -80,7 +78,8 @@ class LRMReconstructor:
         if not os.path.isfile(ckpt):
             raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist: point --ckpt at a Lightning checkpoint of "
                                     "`lift3d fit` (e.g. logs/<run>/checkpoints/last.ckpt)")
-        hparams = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters")
+        # hparams only: mmap leaves the weights on disk (they are read once, by load_from_checkpoint)
+        hparams = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters")
         if hparams is None:
             raise ValueError(f"{ckpt!r} holds no hyper_parameters: not a checkpoint written by `lift3d fit`")
         encoder = dict(hparams.get("encoder") or {}, pretrained=False, checkpoint_path=None)
@@ -119,9 +118,7 @@ class LRMReconstructor:
         """Vertices in the sample's normalised world, faces, vertex colours; closed where the density reaches the
         edge of the model's volume, so a mesh is watertight (volume IoU) unless marching cubes leaves it open."""
         verts, faces, colours = self.module.extract_mesh(planes, closed=True)
-        verts = canonical_to_world(torch.from_numpy(verts).double(), source_c2w.double().cpu(),
-                                   self.module.hparams.camera_distance).numpy()
-        return verts, faces, colours
+        return self.module.to_world(verts, source_c2w), faces, colours
 
 
 # --- inputs --------------------------------------------------------------------------------------------------------
@@ -148,8 +145,9 @@ def read_categories(path: Optional[str]) -> dict[str, str]:
     return {r[0].strip(): r[1].strip() for r in rows if r[0].strip() not in ("key", "uid")}
 
 
-def list_objects(shards) -> tuple[list[tuple[str, str]], list[dict]]:
-    """(shard url, key) of every readable sample in the shards, in order, and the shard damage found on the way."""
+def list_objects(shards) -> tuple[list[LazySample], list[dict]]:
+    """Every readable sample of the shards, in order (each reads its members on access, so holding them all costs
+    only their offsets), and the shard damage found on the way."""
     urls, _ = resolve_shards(shards)
     remote = [u for u in urls if "://" in u or u.startswith("pipe:")]
     if remote:
@@ -158,7 +156,7 @@ def list_objects(shards) -> tuple[list[tuple[str, str]], list[dict]]:
     objects, damage = [], []
     for url in urls:
         try:
-            objects += [(url, s.key) for s in scan_samples(url)]
+            objects += list(scan_samples(url))
         except TarScanError as exc:  # the intact samples before the damage were kept
             damage.append({"key": exc.dropped or exc.key, "shard": url, "stage": "read", "reason": exc.reason})
     return objects, damage
@@ -198,6 +196,28 @@ def depth_points(sample, cams: dict, depth_scale: float, voxel: float = GT_VOXEL
 
 
 # --- one object ----------------------------------------------------------------------------------------------------
+def held_out_batch(sample, input_view: str, input_size: int, render_size: int, background: str, device
+                   ) -> tuple[dict, dict, dict, int]:
+    """One object as the training code prepares it (``datamodules.views``, batch of 1): the input view (``auto``:
+    the ``source`` role, else view 0; or an index) and every other view as a target, in view order. Returns the
+    batch on ``device``, meta.json, the cameras and the input view's index."""
+    key = sample_key(sample)
+    meta = read_meta(sample)
+    cams = read_cameras(sample, meta.get("num_views"))
+    roles = view_roles(meta, len(cams["c2w"]), key)
+    inp = (roles.index("source") if "source" in roles else 0) if input_view == "auto" else int(input_view)
+    if not 0 <= inp < len(roles) or len(roles) < 2:
+        raise ValueError(f"input view {inp} with {len(roles)} views: need the input plus at least one held-out view")
+    sampler = ViewSampler(num_target_views=len(roles) - 1, input_view=inp, input_size=input_size,
+                          target_size=render_size, background=background)
+    raw = sampler(sample, np.random.default_rng(0))
+    order = torch.argsort(raw["target_views"])  # held-out views in index order
+    batch = finalize(collate([raw]))
+    for k in ("target_views", "target_images", "target_masks", "target_depths", "target_c2w", "target_K"):
+        batch[k] = batch[k][:, order]
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}, meta, cams, inp
+
+
 class ObjectEvaluator:
     def __init__(self, model: LRMReconstructor, args, out_dir: str, categories: dict[str, str]):
         from lightning_modules.metrics import CLIPSimilarity, LPIPSMetric
@@ -214,32 +234,15 @@ class ObjectEvaluator:
         if self.clip is not None:
             self.clip.model.to(model.device)
 
-    def _input_view(self, roles: list[str]) -> int:
-        if self.args.input_view == "auto":
-            return roles.index("source") if "source" in roles else 0
-        return int(self.args.input_view)
-
     def __call__(self, sample) -> tuple[dict, np.ndarray]:
         from lightning_modules.metrics import image_metrics, is_watertight, mesh_metrics
 
         start = time.perf_counter()
         key, args = sample_key(sample), self.args
-        meta = read_meta(sample)
-        cams = read_cameras(sample, meta.get("num_views"))
-        roles = view_roles(meta, len(cams["c2w"]), key)
-        inp = self._input_view(roles)
-        if not 0 <= inp < len(roles) or len(roles) < 2:
-            raise ValueError(f"input view {inp} with {len(roles)} views: need the input plus at least one held-out view")
-        sampler = ViewSampler(num_target_views=len(roles) - 1, input_view=inp, input_size=self.model.input_size,
-                              target_size=args.render_size, background=args.background)
-        raw = sampler(sample, np.random.default_rng(0))
-        order = torch.argsort(raw["target_views"])  # held-out views in index order
-        batch = finalize(collate([raw]))
-        for k in ("target_views", "target_images", "target_masks", "target_depths", "target_c2w", "target_K"):
-            batch[k] = batch[k][:, order]
-        batch = {k: v.to(self.model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch, meta, cams, inp = held_out_batch(sample, args.input_view, self.model.input_size, args.render_size,
+                                                args.background, self.model.device)
         record: dict = {"key": key, "category": meta.get("category") or self.categories.get(key, "uncategorised"),
-                        "input_view": inp, "held_out_views": len(roles) - 1}
+                        "input_view": inp, "held_out_views": len(cams["c2w"]) - 1}
         with self.model.weights():
             out, planes = self.model.render_views(batch)
             pred, target, mask = out["images"][0].float().clamp(0, 1), batch["target_images"][0], \
@@ -515,29 +518,22 @@ def _evaluate(fabric, args) -> Optional[dict]:
 
     start = time.perf_counter()
     records, failures = [], []
-    mine = objects[rank::world]
-    by_url: dict[str, set] = {}
-    for url, key in mine:
-        by_url.setdefault(url, set()).add(key)
-    for url in sorted(by_url):  # shard by shard, in file order: each shard is scanned once per rank
-        with contextlib.suppress(TarScanError):  # damage was recorded by list_objects
-            for sample in scan_samples(url):
-                if sample.key not in by_url[url]:
-                    continue
-                try:
-                    record, strip = evaluator(sample)
-                except DATA_ERRORS as exc:
-                    failures.append({"key": sample.key, "shard": url, "stage": "evaluate",
-                                     "reason": f"{type(exc).__name__}: {exc}"})
-                    log.warning("evaluate: %s (%s) skipped: %s", sample.key, url, exc)
-                    continue
-                record["shard"] = url
-                Image.fromarray(strip).save(os.path.join(out_dir, "renders", f"{sample.key}.png"))
-                records.append(record)
-                if rank == 0 or world == 1:
-                    print(f"[evaluate] {len(records)}/{len(mine)} {sample.key}: " +
-                          ", ".join(f"{m} {record[m]:.4g}" for m in ("psnr", "chamfer", "fscore@0.1")
-                                    if isinstance(record.get(m), float)), flush=True)
+    mine = objects[rank::world]  # samples found by the one scan of the shards
+    for sample in mine:
+        try:
+            record, strip = evaluator(sample)
+        except DATA_ERRORS as exc:
+            failures.append({"key": sample.key, "shard": sample.url, "stage": "evaluate",
+                             "reason": f"{type(exc).__name__}: {exc}"})
+            log.warning("evaluate: %s (%s) skipped: %s", sample.key, sample.url, exc)
+            continue
+        record["shard"] = sample.url
+        Image.fromarray(strip).save(os.path.join(out_dir, "renders", f"{sample.key}.png"))
+        records.append(record)
+        if rank == 0 or world == 1:
+            print(f"[evaluate] {len(records)}/{len(mine)} {sample.key}: " +
+                  ", ".join(f"{m} {record[m]:.4g}" for m in ("psnr", "chamfer", "fscore@0.1")
+                            if isinstance(record.get(m), float)), flush=True)
     if world > 1:  # the one gather of the run
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, (records, failures))

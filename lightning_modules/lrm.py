@@ -214,6 +214,11 @@ class LRMModule(L.LightningModule):
         colours = torch.cat([self.net.colour(planes, c) for c in v.split(1 << 18)]).cpu().numpy()
         return verts, faces, colours
 
+    def to_world(self, verts: np.ndarray, source_c2w: torch.Tensor) -> np.ndarray:
+        """(V, 3) canonical-frame vertices → the sample's world (float64), given its input camera ``source_c2w``."""
+        return canonical_to_world(torch.from_numpy(verts).double(), source_c2w.double().cpu(),
+                                  self.hparams.camera_distance).numpy()
+
     @torch.no_grad()
     def export_mesh(self, planes: torch.Tensor, path: str, source_c2w: Optional[torch.Tensor] = None,
                     normalization: Optional[dict] = None, mesh: Optional[tuple] = None) -> str:
@@ -222,8 +227,7 @@ class LRMModule(L.LightningModule):
         ``mesh``: these planes' :meth:`extract_mesh` result when the caller already has it."""
         verts, faces, colours = self.extract_mesh(planes) if mesh is None else mesh
         if source_c2w is not None:
-            verts = canonical_to_world(torch.from_numpy(verts).double(), source_c2w.double().cpu(),
-                                       self.hparams.camera_distance).float().numpy()
+            verts = self.to_world(verts, source_c2w).astype(np.float32)
         return save_mesh(path, verts, faces, colours, normalization=normalization)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
