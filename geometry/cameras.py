@@ -174,3 +174,24 @@ def spherical_to_cartesian(radius, elevation_deg, azimuth_deg) -> np.ndarray:
     el, az = np.radians(elevation_deg), np.radians(azimuth_deg)
     return np.stack([radius * np.cos(el) * np.sin(az), -radius * np.cos(el) * np.cos(az), radius * np.sin(el)],
                     axis=-1)
+
+
+def zero123_relative_camera(c2w_cond: np.ndarray, c2w_target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zero123's relative viewpoint from a conditioning camera to a target camera (OpenCV ``c2w``, batched).
+
+    Each camera centre is put in spherical coordinates about the world origin, +Z up: polar angle θ from +Z,
+    azimuth φ = atan2(y, x), radius r (Zero123's ``cartesian_to_spherical``; only the centres matter, so the
+    camera-axis convention does not). Returns ``(Δθ, Δφ, Δr)`` with Δθ = θ_target − θ_cond in radians (a target
+    10° *higher* has Δθ = −10°), Δφ = φ_target − φ_cond wrapped to [0, 2π), Δr = r_target − r_cond. Zero123's
+    conditioning vector is ``[Δθ, sin Δφ, cos Δφ, Δr]``.
+    """
+    def spherical(c2w):
+        centre = np.asarray(c2w, dtype=np.float64)[..., :3, 3]
+        x, y, z = centre[..., 0], centre[..., 1], centre[..., 2]
+        return np.arctan2(np.hypot(x, y), z), np.arctan2(y, x), np.linalg.norm(centre, axis=-1)
+
+    theta_c, phi_c, r_c = spherical(c2w_cond)
+    theta_t, phi_t, r_t = spherical(c2w_target)
+    d_phi = np.mod(phi_t - phi_c, 2.0 * math.pi)
+    d_phi = np.where(d_phi >= 2.0 * math.pi, 0.0, d_phi)  # np.mod of a tiny negative rounds up to exactly 2π
+    return theta_t - theta_c, d_phi, r_t - r_c

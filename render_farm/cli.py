@@ -3,6 +3,7 @@
     lift3d-render objaverse --uids-file uids.txt --out data/shards/objaverse --rig lrm32 [--resolution 512 ...]
     lift3d-render objaverse --glb-dir path/to/assets --out data/shards/local --rig lrm32
     lift3d-render mvimgnet  --root /data/mvimgnet --out data/shards/mvimgnet
+    lift3d-render zero123   --shards 'data/shards/objaverse/*.tar' --weights /models/zero123-xl --out data/shards/one2345
     lift3d-render index     --out data/shards/objaverse      # rebuild index.json from the shards on disk
 """
 
@@ -86,6 +87,29 @@ def run_index(args) -> int:
     return 0
 
 
+def _zero123_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``lift3d-render zero123`` (defined here so that the other commands never import torch)."""
+    p.add_argument("--shards", nargs="+", required=True,
+                   help="input render shards (one2345 rig): globs (quote them), directories or .tar files")
+    p.add_argument("--weights", required=True, help="local diffusers Zero123 checkpoint directory "
+                   "(subfolders unet/ vae/ image_encoder/ feature_extractor/ scheduler/ cc_projection/)")
+    p.add_argument("--out", required=True, help="output directory for shards, index.json, _state/ and _logs/")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50, as Zero123)")
+    p.add_argument("--guidance-scale", type=float, default=3.0,
+                   help="classifier-free guidance (default 3.0, as Zero123; ≤ 1 runs the conditional branch only)")
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM η (default 1.0, Zero123's sampler)")
+    p.add_argument("--batch-size", type=int, default=32, help="predicted views per UNet call (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; each view's noise depends on (seed, key, view)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--shard-maxcount", type=int, default=64, help="objects per output shard")
+    p.add_argument("--retry-failed", action="store_true", help="predict objects in the failure manifest again")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--rank", type=int, default=None, help="this task's index (default: SLURM_ARRAY_TASK_ID or 0)")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="number of tasks (default: SLURM_ARRAY_TASK_COUNT or 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lift3d-render", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser("mvimgnet", help=f"unavailable: {exc}")
     else:
         mvimgnet.add_arguments(sub.add_parser("mvimgnet", help="convert MVImgNet videos (COLMAP) into shards"))
+    p = sub.add_parser("zero123", help="predict the 4 neighbours of each gt view of one2345 render shards (Zero123)",
+                       description="Zero123 prediction pass of One-2-3-45: reads render shards made with the "
+                                   "one2345 rig and writes new shards with 32 predicted views appended")
+    _zero123_arguments(p)
     p = sub.add_parser("index", help="rebuild index.json from the shards in a directory")
     p.add_argument("--out", required=True)
     return parser
@@ -108,6 +136,10 @@ def main(argv=None) -> int:
         return run_objaverse(args)
     if args.command == "index":
         return run_index(args)
+    if args.command == "zero123":
+        from render_farm import zero123
+
+        return zero123.run(args)
     from render_farm import mvimgnet
 
     return mvimgnet.run(args)

@@ -106,3 +106,36 @@ def eval_shards(tmp_path_factory):
             dst.addfile(info, io.BytesIO(data))
     return {"dir": root / "shards", "glob": str(root / "shards" / "*.tar"), "assets_dir": root / "assets",
             "assets": {a.uid: a for a in made}}
+
+
+@pytest.fixture(scope="session")
+def one2345_shards(tmp_path_factory):
+    """The multi-material box + cylinder rendered by Blender with the ``one2345`` rig at 64², 8 spp: 8 ``gt`` views
+    and 4 ``gt_neighbor`` views (±10°) of each, 40 views in one shard (``dir``; ``asset``: the generated asset)."""
+    from render_farm.config import load_config
+    from render_farm.farm import render_task
+    from render_farm.sources import LocalDirSource
+
+    root = tmp_path_factory.mktemp("one2345_shards")
+    (root / "assets").mkdir()
+    made = assets.multi_material(str(root / "assets"))
+    cfg = load_config(os.path.join(ROOT, "configs", "render", "one2345.yaml"), resolution=64, samples=8,
+                      shard_maxcount=8)
+    summary = render_task(LocalDirSource(str(root / "assets")), str(root / "shards"), cfg, num_workers=2,
+                          progress=False)
+    assert not summary.failures, summary.failures
+    return {"dir": root / "shards", "asset": made, "assets_dir": root / "assets"}
+
+
+@pytest.fixture(scope="session")
+def zero123_shards(one2345_shards, tmp_path_factory):
+    """``one2345_shards`` through ``lift3d-render zero123`` (a fresh process) with a tiny random Zero123 checkpoint
+    laid out like a real one (``weights``), 2 DDIM steps: ``dir`` holds the 72-view shards, ``input`` the render."""
+    from tests.weights import save_tiny_zero123
+
+    root = tmp_path_factory.mktemp("zero123_shards")
+    weights = save_tiny_zero123(root / "tiny-zero123")
+    out = root / "shards"
+    proc = render_cli("zero123", "--shards", one2345_shards["dir"], "--weights", weights, "--out", out,
+                      "--steps", 2, "--device", "cpu", "--no-progress", env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return {"dir": out, "weights": weights, "input": one2345_shards["dir"], "stdout": proc.stdout}
