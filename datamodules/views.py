@@ -133,12 +133,15 @@ def _colour_alpha(bgra: torch.Tensor, background: torch.Tensor, lead: int) -> tu
 
 def finalize(raw: dict) -> dict:
     """The raw loader output (one sample or a batch, on any device) → the float training dict of this module."""
-    if "input_bgra" not in raw:
+    if "input_bgra" not in raw and "source_bgra" not in raw:
         return raw  # already final
-    out = {k: v for k, v in raw.items() if k not in ("input_bgra", "target_bgra", "target_depth16", "depth_scale")}
+    out = {k: v for k, v in raw.items() if k not in ("input_bgra", *VIEW_STACKS, "depth_scale")}
     bg = raw["background"]
-    views = {k: torch.stack(raw[k]) if isinstance(raw[k], (tuple, list)) else raw[k] for k in VIEW_STACKS}
-    out["input_image"], out["input_mask"] = _colour_alpha(raw["input_bgra"], bg, lead=0)
+    views = {k: torch.stack(raw[k]) if isinstance(raw[k], (tuple, list)) else raw[k] for k in VIEW_STACKS if k in raw}
+    if "input_bgra" in raw:
+        out["input_image"], out["input_mask"] = _colour_alpha(raw["input_bgra"], bg, lead=0)
+    if "source_bgra" in raw:  # One-2-3-45's source views (datamodules.one2345)
+        out["source_images"], out["source_masks"] = _colour_alpha(views["source_bgra"], bg, lead=1)
     out["target_images"], out["target_masks"] = _colour_alpha(views["target_bgra"], bg, lead=1)
     scale = raw["depth_scale"].reshape(raw["depth_scale"].shape + (1, 1, 1, 1)).float()
     out["target_depths"] = views["target_depth16"].unsqueeze(-3).float() / scale
@@ -218,7 +221,7 @@ class ViewSampler:
                 "target_K": torch.from_numpy(np.stack([v[2] for v in views]).astype(np.float32))}
 
 
-VIEW_STACKS = ("target_bgra", "target_depth16")  # per sample: a tuple of N view tensors
+VIEW_STACKS = ("target_bgra", "target_depth16", "source_bgra")  # per sample: a tuple of view tensors
 
 
 def _stack(tensors: list[torch.Tensor], shape: tuple) -> torch.Tensor:

@@ -20,6 +20,14 @@ from PIL import Image
 from geometry.mesh import save_mesh
 
 
+def batch_size_of(batch: dict) -> int:
+    """Objects in a training batch: LRM (``input_image``) or One-2-3-45 (``source_images``) dicts."""
+    for key in ("input_image", "source_images", "target_images"):
+        if key in batch:
+            return int(batch[key].shape[0])
+    raise KeyError(f"cannot tell the batch size of a batch with keys {sorted(batch)}")
+
+
 class ThroughputLogger(L.Callback):
     """Logs ``perf/samples_per_s`` and ``perf/tokens_per_s`` (global, all ranks) every step, and ``perf/mfu``
     when ``flops_per_sample`` (training FLOPs of one sample, e.g. from ``benchmarks/lrm_throughput.py``) and
@@ -40,7 +48,7 @@ class ThroughputLogger(L.Callback):
         dt, self._t = now - self._t, now
         if trainer.global_step <= self.warmup_steps or dt <= 0:
             return
-        samples = batch["input_image"].shape[0] * trainer.world_size
+        samples = batch_size_of(batch) * trainer.world_size
         metrics = {"perf/samples_per_s": samples / dt, "perf/step_time_s": dt}
         tokens = self.tokens_per_sample or getattr(pl_module, "tokens_per_sample", None)
         if tokens:
@@ -68,7 +76,8 @@ def image_grid(batch: dict, out: Optional[dict] = None, max_samples: int = 4) ->
 
 class VisualLogger(L.Callback):
     """Every ``every_n_steps`` training steps: an image grid of the current batch (rendered without ray jitter)
-    and, with ``mesh_resolution`` > 0, the mesh of its first object."""
+    and, with ``mesh_resolution`` > 0, the mesh of its first object — whatever the module's ``visuals(batch,
+    max_samples, mesh_resolution)`` returns as (grid, (verts, faces, colours) or None, caption)."""
 
     def __init__(self, every_n_steps: int = 1000, max_samples: int = 4, mesh_resolution: int = 128):
         self.every_n_steps, self.max_samples, self.mesh_resolution = every_n_steps, max_samples, mesh_resolution
@@ -89,23 +98,15 @@ class VisualLogger(L.Callback):
         pl_module.eval()
         mesh_path = None
         try:
-            with torch.no_grad(), pl_module.eval_weights():
-                sub = {k: v[:self.max_samples] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
-                out, planes, _ = pl_module.forward_views(sub, stratified=False)
-                grid = image_grid(sub, out, self.max_samples)
-                if self.mesh_resolution:
-                    try:
-                        verts, faces, colours = pl_module.extract_mesh(planes[:1], resolution=self.mesh_resolution)
-                        mesh_path = save_mesh(os.path.join(self._out_dir(trainer), f"mesh-step{step:07d}.glb"),
-                                              verts, faces, colours)
-                    except ValueError as exc:  # no surface yet (early training): the images still go out
-                        pl_module.print(f"[visuals] step {step}: no mesh ({exc})")
+            # the module's own picture of a batch: (grid, mesh or None, caption) — LRMModule and One2345Module
+            grid, mesh, caption = pl_module.visuals(batch, self.max_samples, self.mesh_resolution)
+            if mesh is not None:
+                mesh_path = save_mesh(os.path.join(self._out_dir(trainer), f"mesh-step{step:07d}.glb"), *mesh)
         finally:
             pl_module.train(was_training)
-        self._emit(trainer, step, grid, mesh_path)
+        self._emit(trainer, step, grid, mesh_path, caption)
 
-    def _emit(self, trainer, step: int, grid: np.ndarray, mesh_path: Optional[str]) -> None:
-        caption = "input | rendered views | targets | depth"
+    def _emit(self, trainer, step: int, grid: np.ndarray, mesh_path: Optional[str], caption: str) -> None:
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if wandb_loggers:
             import wandb

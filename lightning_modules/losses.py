@@ -97,3 +97,11 @@ def cosine_with_warmup(step: int, warmup: int, total: int, final_ratio: float = 
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_decay_with_warmup(step: int, warmup: int, decay_steps: int, gamma: float) -> float:
+    """LR multiplier: linear warm-up from 0 over ``warmup`` steps, then × ``gamma`` every ``decay_steps`` steps
+    (counted from the end of warm-up; ``decay_steps`` 0 = constant)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return gamma ** ((step - warmup) // decay_steps) if decay_steps else 1.0

@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import grad_norm, rank_zero_info
 from geometry.mesh import marching_cubes, query_grid, save_mesh
 from geometry.raster import render_turntable, write_turntable
 from geometry.rays import canonical_to_world, canonicalize_cameras
+from lightning_modules.callbacks import image_grid
 from lightning_modules.ema import EMA
 from lightning_modules.losses import LPIPSLoss, cosine_with_warmup, psnr, triplane_tv
 from lightning_modules.networks.lrm.model import LRM
@@ -191,6 +192,24 @@ class LRMModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    # --- visuals (lightning_modules.callbacks.VisualLogger) -----------------------------------------------
+    @torch.no_grad()
+    def visuals(self, batch: dict, max_samples: int = 4, mesh_resolution: int = 0
+                ) -> tuple[np.ndarray, Optional[tuple], str]:
+        """(image grid, mesh of the first object or None, caption) of a batch, rendered with the evaluation weights
+        and no ray jitter."""
+        mesh = None
+        with self.eval_weights():
+            sub = {k: v[:max_samples] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+            out, planes, _ = self.forward_views(sub, stratified=False)
+            grid = image_grid(sub, out, max_samples)
+            if mesh_resolution:
+                try:
+                    mesh = self.extract_mesh(planes[:1], resolution=mesh_resolution)
+                except ValueError as exc:  # no surface yet (early training): the images still go out
+                    self.print(f"[visuals] step {self.global_step}: no mesh ({exc})")
+        return grid, mesh, "input | rendered views | targets | depth"
 
     # --- meshes -----------------------------------------------------------------------------------------------
     @torch.no_grad()

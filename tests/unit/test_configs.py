@@ -32,33 +32,56 @@ def parse(args):
 
 def test_there_are_configs_to_check():
     names = {os.path.basename(p) for p in EXPERIMENTS + MODELS}
-    assert {"lrm_paper.yaml", "lrm_small.yaml", "lrm_tiny.yaml"} <= names
+    assert {"lrm_paper.yaml", "lrm_small.yaml", "lrm_tiny.yaml", "one2345_paper.yaml", "one2345_tiny.yaml"} <= names
+
+
+MODEL_OF = {"lrm": ("lightning_modules.lrm.LRMModule", "datamodules.shard_datamodule.ShardDataModule"),
+            "one2345": ("lightning_modules.one2345.One2345Module", "datamodules.one2345.One2345DataModule")}
+
+
+def family(path: str) -> str:
+    return os.path.basename(path).split("_")[0]
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
 def test_experiment_configs_parse(path):
     cfg = parse(["--config", path])
-    assert cfg.model.class_path == "lightning_modules.lrm.LRMModule"
-    assert cfg.data.class_path == "datamodules.shard_datamodule.ShardDataModule"
+    assert (cfg.model.class_path, cfg.data.class_path) == MODEL_OF[family(path)]
     assert cfg.trainer.gradient_clip_val == 1.0
     if os.path.basename(path) == "lrm_paper.yaml":  # the paper run: 128 GPUs × 8 = 1024
         assert cfg.trainer.num_nodes * cfg.trainer.devices * cfg.data.init_args.batch_size == 1024
         assert cfg.trainer.precision == "bf16-mixed"
         assert cfg.model.init_args.lr == 4e-4 and cfg.model.init_args.warmup_steps == 3000
         assert cfg.data.init_args.include_input_in_targets
+    if os.path.basename(path) == "one2345_paper.yaml":  # the issue's training recipe
+        m = cfg.model.init_args
+        assert (m.lr, m.eikonal_weight, m.sparseness_weight, m.mask_weight, m.num_rays) == (2e-4, 0.1, 0.02, 0.1, 512)
+        assert m.cost_volume["resolution"] == 96 and m.features["out_channels"] == 56
+        assert m.renderer["num_coarse"] == 64 and m.renderer["num_importance"] == 64
+        assert cfg.data.init_args.neighbours == "predicted" and cfg.data.init_args.include_gt_sources
+
+
+def build_network(path: str):
+    """The network of a model YAML, on the meta device (no memory, no weights)."""
+    from lightning_modules.networks.lrm.model import LRM
+    from lightning_modules.networks.one2345.model import One2345
+
+    args = yaml.safe_load(open(path))["init_args"]
+    with torch.device("meta"):
+        if family(path) == "one2345":
+            return One2345(*(args.get(k) for k in ("features", "cost_volume", "sparse_cnn", "sdf", "colour",
+                                                   "renderer")))
+        return LRM(dict(args["encoder"], pretrained=False, checkpoint_path=None), args.get("transformer"),
+                   args.get("field"), args.get("renderer"), args.get("camera_dim", 1024))
 
 
 @pytest.mark.parametrize("path", MODELS, ids=os.path.basename)
 def test_model_configs_build(path):
-    """Each model block's options are ones its network takes (built on the meta device: no memory, no weights)."""
-    from lightning_modules.networks.lrm.model import LRM
-
-    args = yaml.safe_load(open(path))["init_args"]
-    with torch.device("meta"):
-        net = LRM(dict(args["encoder"], pretrained=False, checkpoint_path=None), args.get("transformer"),
-                  args.get("field"), args.get("renderer"), args.get("camera_dim", 1024))
+    """Each model block's options are ones its network takes, and the model + a data config parse together."""
+    net = build_network(path)
     assert sum(p.numel() for p in net.parameters()) > 0
-    parse(["--model", path, "--data", DATA[0]])
+    data = [d for d in DATA if ("one2345" in d) == (family(path) == "one2345")][0]
+    parse(["--model", path, "--data", data])
 
 
 @pytest.mark.parametrize("path", DATA, ids=os.path.basename)
@@ -75,3 +98,13 @@ def test_tiny_experiment_instantiates():
     assert type(cli.model).__name__ == "LRMModule"
     assert cli.model.net.transformer.pos_embed.shape == (3 * 8 * 8, 64)
     assert cli.trainer.max_steps == 400
+
+
+def test_one2345_tiny_experiment_instantiates():
+    """The tiny One-2-3-45 run builds for real: the module with the tiny sizes and the One-2-3-45 data module."""
+    cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       run=False, args=["--config", os.path.join(ROOT, "configs", "experiments", "one2345_tiny.yaml"),
+                                        "--trainer.logger=false"])
+    assert type(cli.model).__name__ == "One2345Module" and type(cli.datamodule).__name__ == "One2345DataModule"
+    assert cli.model.net.cost_volume.resolution == 32
+    assert cli.datamodule.train_sampler.neighbours == "ground_truth"
