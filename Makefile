@@ -42,5 +42,7 @@ bench: setup
 	$(PY) benchmarks/loader_throughput.py
 	$(PY) benchmarks/lrm_throughput.py --config tiny --batch 2 --views 4 --crop 32
 	$(PY) benchmarks/lrm_inference.py --config tiny --resolution 128 --surface sphere
+	$(PY) benchmarks/one2345_reconstruction.py --config tiny --resolution 64
+	$(PY) benchmarks/zero123_throughput.py
 	@test -f data/demo/lrm/checkpoints/last.ckpt || $(MAKE) demo
 	$(PY) benchmarks/evaluate_throughput.py

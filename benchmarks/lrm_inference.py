@@ -18,7 +18,6 @@ import contextlib
 import datetime
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -26,6 +25,8 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks import timed as bench_timed  # noqa: E402
 
 from geometry.cameras import intrinsics_from_fov  # noqa: E402
 from geometry.mesh import marching_cubes, query_grid  # noqa: E402
@@ -58,16 +59,8 @@ def main(argv=None) -> dict:
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16"
                 else contextlib.nullcontext())
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def timed(fn):
-        sync()
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        return out, time.perf_counter() - t
+        return bench_timed(fn, device)
 
     stages: dict[str, list[float]] = {k: [] for k in ("encode", "decode", "grid query", "marching cubes",
                                                       "vertex colours")}

@@ -21,13 +21,14 @@ import datetime
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks import timed as bench_timed  # noqa: E402
 
 from render_farm.zero123 import Zero123Pipeline, view_seed  # noqa: E402
 
@@ -58,16 +59,8 @@ def main(argv=None) -> dict:
                      np.zeros(args.images)], axis=-1)
     seeds = [view_seed(0, "bench", 40 + i) for i in range(args.images)]
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     def timed(fn) -> float:
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - t
+        return bench_timed(fn, device)[1]
 
     def call():
         pipe(images, cams, seeds, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
