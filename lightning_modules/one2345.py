@@ -40,6 +40,10 @@ from lightning_modules.networks.one2345.model import One2345, Scene
 from lightning_modules.networks.one2345.renderer import eikonal_loss
 
 log = logging.getLogger(__name__)
+# settings of a run, not of the trained model: kept out of checkpoints (LightningCLI re-applies a checkpoint's hparams
+# over the command line, which would override `lift3d predict --model.init_args.predict_dir ...`)
+RUNTIME = ("mesh_resolution", "mesh_format", "predict_dir", "zero123_weights", "zero123_steps",
+           "zero123_guidance_scale", "zero123_dtype", "elevation_deg", "source_size")
 
 
 def sample_pixels(masks: torch.Tensor, num_rays: int, foreground_fraction: float) -> torch.Tensor:
@@ -84,15 +88,22 @@ class One2345Module(L.LightningModule):
                  lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0,
                  lr_decay_steps: int = 100_000, lr_decay_gamma: float = 0.5, seed: int = 0,
                  # meshes and prediction (run-time settings, kept out of the checkpoint's hparams)
-                 mesh_resolution: int = 256, mesh_format: str = "glb", predict_dir: str = "predictions"):
+                 mesh_resolution: int = 256, mesh_format: str = "glb", predict_dir: str = "predictions",
+                 zero123_weights: Optional[str] = None, zero123_steps: int = 50,
+                 zero123_guidance_scale: float = 3.0, zero123_dtype: str = "float32",
+                 elevation_deg: Optional[float] = None, source_size: int = 256):
         super().__init__()
-        self.save_hyperparameters(ignore=["mesh_resolution", "mesh_format", "predict_dir"])
+        self.save_hyperparameters(ignore=list(RUNTIME))
         if mesh_format not in ("glb", "obj", "ply"):
             raise ValueError(f"mesh_format {mesh_format!r}: expected glb, obj or ply")
         if num_rays < 1 or not 0.0 <= foreground_fraction <= 1.0:
             raise ValueError(f"num_rays must be >= 1 and foreground_fraction in [0, 1], got {num_rays!r}, "
                              f"{foreground_fraction!r}")
         self.mesh_resolution, self.mesh_format, self.predict_dir = mesh_resolution, mesh_format, predict_dir
+        self.single_image = dict(zero123_weights=zero123_weights, zero123_steps=zero123_steps,
+                                 zero123_guidance_scale=zero123_guidance_scale, zero123_dtype=zero123_dtype,
+                                 elevation_deg=elevation_deg, source_size=source_size)
+        self._views = None  # One2345Views, built on the first single-image prediction
         self.net = One2345(features, cost_volume, sparse_cnn, sdf, colour, renderer)
         self._threads: Optional[int] = None
 
@@ -265,20 +276,68 @@ class One2345Module(L.LightningModule):
         return verts, faces, colours
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
-        """Shard batches (``One2345DataModule.predict_dataloader``) → one mesh per object in ``predict_dir``, in the
-        shard's world frame."""
-        paths = []
+        """Shard batches (``One2345DataModule.predict_dataloader``: posed source views) or image batches
+        (``datamodules.images.ImageDataModule``: one image per object, made into 40 posed views by Zero123 first —
+        ``lightning_modules.one2345_inference``) → one mesh per object in ``predict_dir``, in the sources' world
+        frame. Single images also get ``<key>.views.png`` (the 40 sources) and ``<key>.json`` (the elevation used)."""
+        if "source_images" not in batch:
+            return self._predict_images(batch)
         with autograd_on():  # vertex colours look along the SDF's normals
             batch = plain(batch)
             scene = self.encode(batch)
+            return [p for b, key in enumerate(batch["key"]) if (p := self._save_mesh(scene.select(b), key))]
+
+    def _save_mesh(self, scene: Scene, key: str) -> Optional[str]:
+        path = os.path.join(self.predict_dir, f"{key}.{self.mesh_format}")
+        try:
+            verts, faces, colours = self.extract_mesh(scene)
+        except ValueError as exc:  # no zero crossing: say which object, keep going
+            log.warning("no mesh for %s: %s", key, exc)
+            return None
+        save_mesh(path, verts, faces, colours)
+        rank_zero_info(f"[predict] {key} → {path}")
+        return path
+
+    def source_views(self):
+        """The single-image front end (``One2345Views``), with Zero123 loaded from ``zero123_weights`` once."""
+        if self._views is None:
+            from lightning_modules.one2345_inference import One2345Views
+            from render_farm.zero123 import Zero123Pipeline
+
+            cfg = self.single_image
+            if not cfg["zero123_weights"]:
+                raise ValueError("One-2-3-45 from images needs Zero123: set --model.init_args.zero123_weights to a "
+                                 "local diffusers Zero123 checkpoint directory (e.g. zero123-xl), or predict from "
+                                 "shards that hold source views (One2345DataModule)")
+            pipe = Zero123Pipeline.from_pretrained(cfg["zero123_weights"], device=str(self.device),
+                                                   dtype=cfg["zero123_dtype"])
+            self._views = One2345Views(pipe, steps=cfg["zero123_steps"], guidance_scale=cfg["zero123_guidance_scale"],
+                                       source_size=cfg["source_size"], elevation_deg=cfg["elevation_deg"],
+                                       seed=self.hparams.seed)
+        return self._views
+
+    def _predict_images(self, batch: dict) -> list[str]:
+        import json
+
+        from PIL import Image
+
+        paths = []
         for b, key in enumerate(batch["key"]):
-            path = os.path.join(self.predict_dir, f"{key}.{self.mesh_format}")
-            try:
-                with autograd_on():
-                    verts, faces, colours = self.extract_mesh(scene.select(b))
-            except ValueError as exc:  # no zero crossing: say which object, keep going
-                log.warning("no mesh for %s: %s", key, exc)
-                continue
-            paths.append(save_mesh(path, verts, faces, colours))
-            rank_zero_info(f"[predict] {key} → {path}")
+            image = batch["input_image"][b].float().permute(1, 2, 0).cpu().numpy()  # (H, W, 3) over white
+            with autograd_on():
+                views = self.source_views()(image)
+                sources = {"source_images": torch.from_numpy(views.images).permute(0, 3, 1, 2)[None],
+                           "source_c2w": torch.from_numpy(views.c2w)[None], "source_K": torch.from_numpy(views.K)[None]}
+                scene = self.encode({k: v.to(self.device) for k, v in sources.items()})
+                path = self._save_mesh(scene, key)
+            os.makedirs(self.predict_dir, exist_ok=True)
+            sheet = rearrange(views.images, "(r c) h w ch -> (r h) (c w) ch", c=8)  # 5 rows of 8 views
+            Image.fromarray((sheet * 255).round().astype(np.uint8)).save(os.path.join(self.predict_dir,
+                                                                                     f"{key}.views.png"))
+            with open(os.path.join(self.predict_dir, f"{key}.json"), "w") as f:
+                json.dump({"elevation_deg": views.elevation_deg, "elevation": views.elevation_source,
+                           "matches": views.matches, "mesh": path}, f, indent=1)
+            rank_zero_info(f"[predict] {key}: elevation {views.elevation_deg:.1f}° ({views.elevation_source})")
+            if path:
+                paths.append(path)
         return paths

@@ -142,3 +142,33 @@ def test_cli_fit_over_ddp_then_predict_a_mesh(one2345_shards, tmp_path):
 
     mesh = trimesh.load(meshes / f"{uid}.glb", force="mesh")
     assert len(mesh.faces) > 100 and mesh.visual.kind == "vertex"
+
+
+def test_cli_predict_from_a_single_image(zero123_shards, tmp_path):
+    """`lift3d predict` on an RGBA image: Zero123 (tiny, random) makes the 40 source views, the elevation is
+    estimated or falls back (random predictions match poorly), and a mesh, the views and the elevation are written.
+    Then again with a given elevation."""
+    import tarfile
+
+    from PIL import Image
+
+    (shard,) = glob.glob(str(zero123_shards["input"] / "*.tar"))
+    with tarfile.open(shard) as t:  # the object's first gt render as a user's RGBA photo
+        png = t.extractfile(next(m for m in t.getmembers() if m.name.endswith("000.rgba.png"))).read()
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(png)
+    for run, extra in (("estimated", []), ("given", ["--model.init_args.elevation_deg=20"])):
+        out = tmp_path / run
+        _lift3d("predict", "--config", "configs/experiments/one2345_tiny.yaml",
+                "--data=datamodules.images.ImageDataModule", f"--data.images={photo}", "--data.input_size=64",
+                f"--model.init_args.zero123_weights={zero123_shards['weights']}", "--model.init_args.zero123_steps=2",
+                f"--model.init_args.predict_dir={out}", "--model.init_args.mesh_resolution=32",
+                "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", *extra)
+        record = json.loads((out / "photo.json").read_text())
+        assert (out / "photo.glb").stat().st_size > 1000 and record["mesh"].endswith("photo.glb")
+        assert Image.open(out / "photo.views.png").size == (8 * 64, 5 * 64)  # 8 views + 32 neighbours at 64²
+        if run == "given":
+            assert (record["elevation"], record["elevation_deg"]) == ("given", 20.0)
+        else:
+            assert record["elevation"] in ("estimated", "fallback")
+            assert -30.0 <= record["elevation_deg"] <= 60.0
