@@ -21,6 +21,7 @@ on the CPU this module runs fit, validation and prediction with one intra-op thr
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from typing import Optional
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from lightning.pytorch.utilities import grad_norm, rank_zero_info
+from PIL import Image
 
 from geometry.mesh import marching_cubes, query_grid, save_mesh
 from geometry.rays import camera_rays
@@ -317,10 +319,6 @@ class One2345Module(L.LightningModule):
         return self._views
 
     def _predict_images(self, batch: dict) -> list[str]:
-        import json
-
-        from PIL import Image
-
         paths = []
         for b, key in enumerate(batch["key"]):
             image = batch["input_image"][b].float().permute(1, 2, 0).cpu().numpy()  # (H, W, 3) over white

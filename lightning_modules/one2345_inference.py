@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 
 from geometry.cameras import intrinsics_from_fov, look_at, spherical_to_cartesian, zero123_relative_camera
-from geometry.elevation import DEFAULT_FOV_DEG, DEFAULT_RADIUS, NEIGHBOUR_OFFSETS, estimate_elevation
+from geometry.elevation import (DEFAULT_FOV_DEG, DEFAULT_RADIUS, NEIGHBOUR_OFFSETS, estimate_elevation,
+                                neighbour_cameras)
 
 log = logging.getLogger(__name__)
 NUM_VIEWS = 8
@@ -87,9 +88,7 @@ class One2345Views:
         if self.elevation_deg is not None:
             return float(self.elevation_deg), "given", 0
         # the neighbours' relative cameras do not depend on θ's exact value away from the poles: predict at 0°
-        el = np.array([0.0] + [o[0] for o in NEIGHBOUR_OFFSETS])
-        az = np.array([0.0] + [o[1] for o in NEIGHBOUR_OFFSETS])
-        c2w = np.stack([look_at(c) for c in spherical_to_cartesian(np.full(5, self.radius), el, az)])
+        c2w, _ = neighbour_cameras(0.0, self.radius, self.fov_deg)
         nbrs = self._predict(np.repeat(image[None], 4, axis=0), np.repeat(c2w[:1], 4, axis=0), c2w[1:], 1000)
         views = [(np.clip(v, 0, 1) * 255).round().astype(np.uint8) for v in [image, *nbrs]]
         try:

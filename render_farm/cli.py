@@ -14,7 +14,7 @@ import json
 import sys
 
 from render_farm.config import load_config
-from render_farm.tasks import resolve_task
+from render_farm.tasks import report_task, resolve_task
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -71,11 +71,7 @@ def run_objaverse(args) -> int:
     summary = render_task(_make_source(args), args.out, cfg, task, count, num_workers=args.num_workers,
                           blender_path=args.custom_blender_path, retry_failed=args.retry_failed,
                           progress=not args.no_progress)
-    print(summary.line(), flush=True)
-    for uid, reason in summary.failures[:20]:
-        print(f"  failed {uid}: {reason}", flush=True)
-    if summary.failed:
-        print(f"  failure manifest: {args.out}/_state/task-{task:05d}.failures.jsonl", flush=True)
+    report_task(summary, args.out, task)
     return 0
 
 

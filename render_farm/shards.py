@@ -52,6 +52,13 @@ def encode_png(image: np.ndarray, compression: int = 3) -> bytes:
     return buf.tobytes()
 
 
+def encode_cameras(c2w: np.ndarray, K: np.ndarray, hw: np.ndarray) -> bytes:
+    """``cameras.npz`` bytes: ``c2w`` float32 (V,4,4), ``K`` float32 (V,3,3), ``hw`` int32 (V,2)."""
+    buf = io.BytesIO()
+    np.savez(buf, c2w=np.asarray(c2w, np.float32), K=np.asarray(K, np.float32), hw=np.asarray(hw, np.int32))
+    return buf.getvalue()
+
+
 def encode_sample(key: str, views: list[dict], c2w: np.ndarray, K: np.ndarray, hw: np.ndarray, meta: dict) -> dict:
     """A format-v1 sample: ``NNN.rgba.png``, ``NNN.depth.png``, optional ``NNN.normal.png``, cameras, meta."""
     check_key(key)
@@ -70,9 +77,7 @@ def encode_sample(key: str, views: list[dict], c2w: np.ndarray, K: np.ndarray, h
         sample[f"{i:03d}.depth.png"] = encode_png(v["depth"])
         if v.get("normal") is not None:
             sample[f"{i:03d}.normal.png"] = encode_png(v["normal"])
-    buf = io.BytesIO()
-    np.savez(buf, c2w=np.asarray(c2w, np.float32), K=np.asarray(K, np.float32), hw=np.asarray(hw, np.int32))
-    sample["cameras.npz"] = buf.getvalue()
+    sample["cameras.npz"] = encode_cameras(c2w, K, hw)
     sample["meta.json"] = json.dumps({"format": FORMAT, "num_views": n, **meta}, sort_keys=True).encode()
     return sample
 

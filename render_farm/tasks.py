@@ -26,3 +26,13 @@ def resolve_task(rank: int | None = None, world_size: int | None = None, env=os.
 
 def task_slice(items: Sequence[T], task: int, count: int, key=lambda x: x) -> list[T]:
     return sorted(items, key=key)[task::count]
+
+
+def report_task(summary, out_dir: str, task: int, max_failures: int = 20) -> None:
+    """A finished task's report on stdout: the summary line (``summary.line()``), the first of ``summary.failures``
+    ((id, reason) pairs) and, when any failed, where the failure manifest is."""
+    print(summary.line(), flush=True)
+    for key, reason in summary.failures[:max_failures]:
+        print(f"  failed {key}: {reason}", flush=True)
+    if summary.failed:
+        print(f"  failure manifest: {out_dir}/_state/task-{task:05d}.failures.jsonl", flush=True)

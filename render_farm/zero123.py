@@ -62,8 +62,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from geometry.cameras import zero123_relative_camera
-from render_farm.shards import FORMAT, ShardWriter, encode_png
-from render_farm.tasks import resolve_task, task_slice
+from render_farm.shards import FORMAT, ShardWriter, encode_cameras, encode_png
+from render_farm.tasks import report_task, resolve_task, task_slice
 
 #: subfolder → what it must hold (a diffusers Zero123 checkpoint, e.g. kxic/zero123-xl-diffusers)
 COMPONENTS = {
@@ -356,14 +356,18 @@ def _parse_object(key: str, members: dict) -> tuple[dict, dict, list[tuple[int, 
     return meta, cams, pairs
 
 
+def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``img`` at h × w: area averaging when shrinking, bicubic when growing, untouched at its size."""
+    if img.shape[:2] == (h, w):
+        return img
+    interp = cv2.INTER_AREA if img.shape[0] > h or img.shape[1] > w else cv2.INTER_CUBIC
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
 def condition_image(rgba: np.ndarray, size: int) -> np.ndarray:
     """An RGBA view composited over white and resized to size² (float RGB in [0, 1])."""
     rgb, alpha = rgba[..., :3].astype(np.float32) / 255.0, rgba[..., 3:].astype(np.float32) / 255.0
-    img = rgb * alpha + (1.0 - alpha)
-    if img.shape[:2] != (size, size):
-        interp = cv2.INTER_AREA if max(img.shape[:2]) > size else cv2.INTER_CUBIC
-        img = cv2.resize(img, (size, size), interpolation=interp)
-    return np.clip(img, 0.0, 1.0)
+    return np.clip(_resize(rgb * alpha + (1.0 - alpha), size, size), 0.0, 1.0)
 
 
 # ---------------------------------------------------------------------------------------------------- the pass
@@ -403,19 +407,13 @@ def predict_object(pipe: Zero123Pipeline, key: str, members: dict, cfg: PassSett
     for j, ((g, v), pred) in enumerate(zip(targets, preds)):
         idx = n + j
         h, w = (int(x) for x in cams["hw"][v])
-        rgb = (np.clip(pred, 0, 1) * 255.0 + 0.5).astype(np.uint8)
-        if rgb.shape[:2] != (h, w):
-            interp = cv2.INTER_AREA if rgb.shape[0] > h else cv2.INTER_CUBIC
-            rgb = cv2.resize(rgb, (w, h), interpolation=interp)
+        rgb = _resize((np.clip(pred, 0, 1) * 255.0 + 0.5).astype(np.uint8), h, w)
         rgba = np.concatenate([rgb, np.full((h, w, 1), 255, np.uint8)], axis=-1)
         sample[f"{idx:03d}.rgba.png"] = encode_png(rgba)
         sample[f"{idx:03d}.depth.png"] = encode_png(np.zeros((h, w), np.uint16))
         predictions_of.setdefault(str(g), []).append(idx)
     views = np.concatenate([np.arange(n), np.array([v for _, v in targets], dtype=np.int64)])  # ground-truth poses
-    buf = io.BytesIO()
-    np.savez(buf, c2w=cams["c2w"][views].astype(np.float32), K=cams["K"][views].astype(np.float32),
-             hw=cams["hw"][views].astype(np.int32))
-    sample["cameras.npz"] = buf.getvalue()
+    sample["cameras.npz"] = encode_cameras(cams["c2w"][views], cams["K"][views], cams["hw"][views])
     meta = dict(meta, num_views=n + len(targets), view_roles=list(meta["view_roles"]) + [PRED_ROLE] * len(targets),
                 predictions_of=predictions_of, predicted_views={"alpha": "opaque", "depth": "none"},
                 zero123={"weights": os.path.basename(os.path.normpath(cfg.weights)), "steps": cfg.steps,
@@ -528,9 +526,5 @@ def run(args: argparse.Namespace) -> int:
     except WeightsError as exc:
         print(f"zero123: {exc}", file=sys.stderr)
         return 2
-    print(summary.line(), flush=True)
-    for key, reason in summary.failures[:20]:
-        print(f"  failed {key}: {reason}", flush=True)
-    if summary.failed:
-        print(f"  failure manifest: {args.out}/_state/task-{task:05d}.failures.jsonl", flush=True)
+    report_task(summary, args.out, task)
     return 0
