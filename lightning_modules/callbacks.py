@@ -117,3 +117,38 @@ class VisualLogger(L.Callback):
                 lg.experiment.log(payload, step=step)
         else:
             Image.fromarray(grid).save(os.path.join(self._out_dir(trainer), f"views-step{step:07d}.png"))
+
+
+class ProgressPrinter(L.Callback):
+    """Plain progress lines for batch-job logs (where the progress bar is off), rank zero only: where the fit starts
+    (step, epoch, world size — a resumed run shows the step it resumed at), then every ``every_n_steps`` steps
+    (default: the Trainer's ``log_every_n_steps``) ``lift3d: step S epoch E loss L`` with this rank's loss and the
+    logged throughput."""
+
+    def __init__(self, every_n_steps: Optional[int] = None):
+        self.every_n_steps = every_n_steps
+
+    @rank_zero_only
+    def on_train_start(self, trainer, pl_module) -> None:
+        print(f"lift3d: fit starts at step {trainer.global_step} epoch {trainer.current_epoch}: world size "
+              f"{trainer.world_size} ({trainer.num_nodes} node(s) × {trainer.num_devices} device(s), "
+              f"{type(trainer.strategy).__name__}), max_steps {trainer.max_steps}", flush=True)
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self.every_n_steps or trainer.log_every_n_steps or 1
+        step = trainer.global_step
+        if step % every:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        parts = [f"lift3d: step {step} epoch {trainer.current_epoch}"]
+        if loss is not None:
+            parts.append(f"loss {float(loss):.6f}")
+        for key in ("perf/samples_per_s", "perf/mfu"):
+            if key in trainer.callback_metrics:
+                parts.append(f"{key.split('/')[1]} {float(trainer.callback_metrics[key]):.4g}")
+        print(" ".join(parts), flush=True)
+
+    @rank_zero_only
+    def on_train_end(self, trainer, pl_module) -> None:
+        print(f"lift3d: fit stops at step {trainer.global_step} epoch {trainer.current_epoch}", flush=True)

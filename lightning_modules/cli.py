@@ -1,19 +1,183 @@
-"""``lift3d``: the LightningCLI entry point (fit / validate / test / predict).
+"""``lift3d``: the LightningCLI entry point (fit / validate / test / predict) plus two commands of its own.
 
-    lift3d fit --config configs/experiments/lrm_paper.yaml
+    lift3d fit --config configs/experiments/lrm_paper.yaml [--ckpt_path auto]
     lift3d evaluate --ckpt last.ckpt --shards data/shards/eval24     (lightning_modules.evaluate)
+    lift3d convert-checkpoint ZERO_DIR model.ckpt                    (lightning_modules.deepspeed)
 
 Models and data are chosen by ``class_path`` in the YAML (``model:`` and ``data:`` blocks); every config in
-configs/ is parsed by a test. The data side is ``datamodules.shard_datamodule.ShardDataModule``; the models
-(LRM, One-2-3-45) live in ``lightning_modules``.
+configs/ is parsed by a test. On top of Lightning's CLI (:class:`Lift3dCLI`):
+
+* a run directory: with ``trainer.default_root_dir`` set, ModelCheckpoints without a ``dirpath`` write to
+  ``<default_root_dir>/checkpoints`` and a WandbLogger without a ``save_dir`` logs there, so one setting (what
+  ``slurm/train_*.sh`` passes) places a whole run;
+* ``--ckpt_path auto`` resumes from the newest pre-emption or ``last`` checkpoint of that directory, or starts
+  fresh when there is none (what the SLURM scripts pass, so a requeued job continues);
+* a launch check before anything is built (:func:`lightning_modules.cluster.check_launch`): the SLURM allocation
+  against ``trainer.num_nodes`` × ``devices``, and the global batch against ``global_batch_size``;
+  ``LIFT3D_PREFLIGHT=1`` runs only the check and prints the plan (the SLURM scripts do this once before ``srun``);
+* W&B (:mod:`lightning_modules.tracking`): offline without an API key (the sync command printed at the end), one run
+  id per run directory (a resumed run continues its W&B run), the resolved config and git commit logged;
+  ``WANDB_PROJECT`` (site setting) overrides the config's project;
+* inside a SLURM job: SIGUSR1 is caught from the first moment; a :class:`~lightning_modules.cluster.Preemption`
+  callback (added when the config has none) checkpoints at the next step and, after a clean shutdown, rank 0
+  requeues the job; progress lines replace the progress bar in the job log.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+if os.environ.get("SLURM_JOB_ID"):  # before the heavy imports: a pre-emption signal now must not kill us
+    from lightning_modules.signals import install_signal_flag
+
+    install_signal_flag()
+
+from typing import Optional  # noqa: E402
+
+from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+from lightning_modules import cluster, tracking  # noqa: E402
+
+MODEL_CHECKPOINTS = {"lightning.pytorch.callbacks.ModelCheckpoint",
+                     "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint", "ModelCheckpoint"}
+
+
+def _say(message: str) -> None:
+    if cluster.is_rank_zero_process():
+        print(f"lift3d: {message}", flush=True)
+
+
+def _as_list(value) -> list:
+    if value is None or isinstance(value, bool):
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+class Lift3dCLI(LightningCLI):
+    """LightningCLI with lift3d's run directory, ``--ckpt_path auto``, launch check and W&B handling."""
+
+    def __init__(self, args=None, run: bool = True, **kwargs):
+        self.launch_plan: Optional[dict] = None
+        self.resume_from: Optional[str] = None
+        kwargs.setdefault("save_config_callback", tracking.LoggedConfig)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites its config.yaml
+        super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         args=args, run=run, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--global_batch_size", type=Optional[int], default=None,
+                            help="the run's global batch; checked at start-up against data.init_args.batch_size × "
+                                 "trainer.devices × num_nodes × accumulate_grad_batches")
+
+    # ------------------------------------------------------------------------------------------ before building
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        self._fill_run_dir(cfg.trainer)
+        ckpt = cfg.get("ckpt_path")
+        if self.subcommand == "fit":
+            try:
+                self.launch_plan = cluster.check_launch(
+                    cfg.trainer.num_nodes, cfg.trainer.devices, self._batch_size(cfg),
+                    cfg.trainer.accumulate_grad_batches or 1, cfg.get("global_batch_size"))
+            except cluster.LaunchError as exc:
+                print(f"lift3d: {exc}", file=sys.stderr, flush=True)
+                sys.exit(2)
+            if ckpt == "auto":
+                cfg.ckpt_path = ckpt = self._auto_resume(cfg.trainer)
+            self.resume_from = ckpt
+            if os.environ.get("LIFT3D_PREFLIGHT"):  # the check only: nothing is built or written
+                print(f"lift3d: preflight ok: {cluster.describe(self.launch_plan)}; "
+                      f"{'resume from ' + ckpt if ckpt else 'fresh start'}; run directory "
+                      f"{cfg.trainer.default_root_dir or os.getcwd()}", flush=True)
+                sys.exit(0)
+            self._prepare_wandb(cfg.trainer, resuming=bool(ckpt))
+        elif ckpt == "auto":
+            cfg.ckpt_path = self._auto_resume(cfg.trainer)
+        if ckpt and ckpt != "auto" and os.path.isdir(str(ckpt)) and "deepspeed" not in str(cfg.trainer.strategy).lower():
+            print(f"lift3d: {ckpt} is a directory: a DeepSpeed ZeRO checkpoint (one shard per rank) loads only under "
+                  f"the DeepSpeed strategy; for anything else convert it first:\n  lift3d convert-checkpoint {ckpt} "
+                  f"{str(ckpt).rstrip('/').removesuffix('.ckpt')}-fp32.ckpt", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    @staticmethod
+    def _batch_size(cfg) -> Optional[int]:
+        data = cfg.get("data")
+        args = data.get("init_args") if data is not None and hasattr(data, "get") else None
+        return args.get("batch_size") if args is not None and hasattr(args, "get") else None
+
+    @staticmethod
+    def _fill_run_dir(trainer) -> None:
+        root = trainer.default_root_dir
+        if not root:
+            return
+        for cb in _as_list(trainer.callbacks):
+            if cb.get("class_path") in MODEL_CHECKPOINTS and cb.get("init_args") is not None \
+                    and not cb.init_args.get("dirpath"):
+                cb.init_args.dirpath = os.path.join(str(root), "checkpoints")
+        for lg in _as_list(trainer.logger):
+            if hasattr(lg, "get") and lg.get("class_path") in tracking.WANDB_LOGGERS and lg.get("init_args") \
+                    is not None and lg.init_args.get("save_dir") in (None, "", "."):  # "." is the default
+                lg.init_args.save_dir = str(root)
+
+    @staticmethod
+    def _auto_resume(trainer) -> Optional[str]:
+        root = str(trainer.default_root_dir or os.getcwd())
+        dirs = [cb.init_args.dirpath for cb in _as_list(trainer.callbacks)
+                if cb.get("class_path") in MODEL_CHECKPOINTS and cb.get("init_args") is not None
+                and cb.init_args.get("dirpath")]
+        found = cluster.find_resume_checkpoint(root, [str(d) for d in dirs])
+        _say(f"--ckpt_path auto: resuming from {found}" if found else
+             f"--ckpt_path auto: no checkpoint in {root} yet, starting fresh")
+        return found
+
+    def _prepare_wandb(self, trainer, resuming: bool) -> None:
+        wandb_cfgs = [lg for lg in _as_list(trainer.logger)
+                      if hasattr(lg, "get") and lg.get("class_path") in tracking.WANDB_LOGGERS]
+        if not wandb_cfgs:
+            return
+        reason = tracking.offline_reason()
+        if reason:
+            os.environ["WANDB_MODE"] = "offline"
+            _say(f"W&B runs offline: {reason}; the sync command is printed at the end")
+        for lg in wandb_cfgs:
+            init = lg.init_args
+            if os.environ.get("WANDB_PROJECT"):
+                init.project = os.environ["WANDB_PROJECT"]
+            if init.get("id") or init.get("version"):
+                continue
+            run_dir = str(trainer.default_root_dir or init.get("save_dir") or os.getcwd())
+            init.id, reused = tracking.run_id(run_dir, resuming, write=cluster.is_rank_zero_process())
+            init.resume = "allow"  # the CLI's namespace carries wandb.init's resume=None, which would drop it
+            _say(f"W&B run {init.id} ({'continued' if reused else 'new'}; id kept in "
+                 f"{os.path.join(run_dir, tracking.RUN_ID_FILE)})")
+
+    # ------------------------------------------------------------------------------------------ fit
+    def before_fit(self) -> None:
+        callbacks = self.trainer.callbacks
+        if cluster.slurm_detected():
+            from lightning_modules.callbacks import ProgressPrinter
+
+            if not any(isinstance(cb, cluster.Preemption) for cb in callbacks):
+                callbacks.append(cluster.Preemption())
+            if not any(isinstance(cb, ProgressPrinter) for cb in callbacks):
+                callbacks.append(ProgressPrinter())
+        tracking.LoggedConfig.extra = {"launch": self.launch_plan, "resume_from": self.resume_from}
+
+    def after_fit(self) -> None:
+        preempted = [cb for cb in self.trainer.callbacks if isinstance(cb, cluster.Preemption) and cb.preempted]
+        if not self.trainer.is_global_zero:
+            return
+        hint = tracking.sync_hint(self.trainer)
+        if preempted:
+            for lg in tracking.wandb_loggers(self.trainer):
+                if lg._experiment is not None:
+                    lg._experiment.finish()  # flush before the requeue's SIGTERM arrives
+        if hint:
+            print(f"lift3d: W&B ran offline; upload the run with:\n  {hint}", flush=True)
+        if preempted and preempted[0].requeue:
+            cluster.requeue()
 
 
 def main(args=None) -> None:
@@ -23,8 +187,12 @@ def main(args=None) -> None:
 
         evaluate(argv[1:])
         return
-    LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                 save_config_kwargs={"overwrite": True}, args=args)
+    if argv and argv[0] == "convert-checkpoint":  # DeepSpeed ZeRO shards -> one Lightning checkpoint
+        from lightning_modules.deepspeed import convert_main
+
+        convert_main(argv[1:])
+        return
+    Lift3dCLI(args=args)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,7 @@ import os
 import pytest
 import torch
 import yaml
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning_modules.cli import Lift3dCLI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "configs", "experiments", "*.yaml")))
@@ -17,7 +16,7 @@ MODELS = sorted(glob.glob(os.path.join(ROOT, "configs", "model", "*.yaml")))
 DATA = sorted(glob.glob(os.path.join(ROOT, "configs", "data", "*.yaml")))
 
 
-class ParseOnly(LightningCLI):
+class ParseOnly(Lift3dCLI):
     """The `lift3d` CLI's parser, without building the classes (the paper model would want the hub's weights)."""
 
     def instantiate_classes(self) -> None:
@@ -25,9 +24,7 @@ class ParseOnly(LightningCLI):
 
 
 def parse(args):
-    cli = ParseOnly(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                    run=False, args=args, save_config_kwargs={"overwrite": True})
-    return cli.config
+    return ParseOnly(run=False, args=args).config
 
 
 def test_there_are_configs_to_check():
@@ -50,6 +47,8 @@ def test_experiment_configs_parse(path):
     assert cfg.trainer.gradient_clip_val == 1.0
     if os.path.basename(path) == "lrm_paper.yaml":  # the paper run: 128 GPUs × 8 = 1024
         assert cfg.trainer.num_nodes * cfg.trainer.devices * cfg.data.init_args.batch_size == 1024
+        assert cfg.global_batch_size == 1024 and cfg.trainer.num_nodes == 16 and cfg.trainer.devices == 8
+        assert cfg.trainer.strategy.init_args.config == "configs/deepspeed/zero2.json"
         assert cfg.trainer.precision == "bf16-mixed"
         assert cfg.model.init_args.lr == 4e-4 and cfg.model.init_args.warmup_steps == 3000
         assert cfg.data.init_args.include_input_in_targets
@@ -59,6 +58,11 @@ def test_experiment_configs_parse(path):
         assert m.cost_volume["resolution"] == 96 and m.features["out_channels"] == 56
         assert m.renderer["num_coarse"] == 64 and m.renderer["num_importance"] == 64
         assert cfg.data.init_args.neighbours == "predicted" and cfg.data.init_args.include_gt_sources
+        assert cfg.global_batch_size == cfg.trainer.devices * cfg.data.init_args.batch_size == 8
+    if cfg.trainer.default_root_dir:  # one run directory: checkpoints and the W&B run are placed under it
+        ckpts = [c for c in cfg.trainer.callbacks if c.class_path.endswith("ModelCheckpoint")]
+        assert all(c.init_args.dirpath == os.path.join(cfg.trainer.default_root_dir, "checkpoints") for c in ckpts)
+        assert cfg.trainer.logger.init_args.save_dir == cfg.trainer.default_root_dir
 
 
 def build_network(path: str):
@@ -92,9 +96,8 @@ def test_data_configs_parse(path):
 
 def test_tiny_experiment_instantiates():
     """The tiny run builds for real (random weights, no files needed): model, data module and trainer."""
-    cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=["--config", os.path.join(ROOT, "configs", "experiments", "lrm_tiny.yaml"),
-                                        "--trainer.logger=false"])
+    cli = Lift3dCLI(run=False, args=["--config", os.path.join(ROOT, "configs", "experiments", "lrm_tiny.yaml"),
+                                     "--trainer.logger=false"])
     assert type(cli.model).__name__ == "LRMModule"
     assert cli.model.net.transformer.pos_embed.shape == (3 * 8 * 8, 64)
     assert cli.trainer.max_steps == 400
@@ -102,9 +105,8 @@ def test_tiny_experiment_instantiates():
 
 def test_one2345_tiny_experiment_instantiates():
     """The tiny One-2-3-45 run builds for real: the module with the tiny sizes and the One-2-3-45 data module."""
-    cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=["--config", os.path.join(ROOT, "configs", "experiments", "one2345_tiny.yaml"),
-                                        "--trainer.logger=false"])
+    cli = Lift3dCLI(run=False, args=["--config", os.path.join(ROOT, "configs", "experiments", "one2345_tiny.yaml"),
+                                     "--trainer.logger=false"])
     assert type(cli.model).__name__ == "One2345Module" and type(cli.datamodule).__name__ == "One2345DataModule"
     assert cli.model.net.cost_volume.resolution == 32
     assert cli.datamodule.train_sampler.neighbours == "ground_truth"
