@@ -95,7 +95,8 @@ class Lift3dCLI(LightningCLI):
             self._prepare_wandb(cfg.trainer, resuming=bool(ckpt))
         elif ckpt == "auto":
             cfg.ckpt_path = self._auto_resume(cfg.trainer)
-        if ckpt and ckpt != "auto" and os.path.isdir(str(ckpt)) and "deepspeed" not in str(cfg.trainer.strategy).lower():
+        zero_dir = ckpt and ckpt != "auto" and os.path.isdir(str(ckpt))
+        if zero_dir and "deepspeed" not in str(cfg.trainer.strategy).lower():
             print(f"lift3d: {ckpt} is a directory: a DeepSpeed ZeRO checkpoint (one shard per rank) loads only under "
                   f"the DeepSpeed strategy; for anything else convert it first:\n  lift3d convert-checkpoint {ckpt} "
                   f"{str(ckpt).rstrip('/').removesuffix('.ckpt')}-fp32.ckpt", file=sys.stderr, flush=True)
