@@ -3,7 +3,7 @@
 One uninterrupted job is the reference. A second job is pre-empted for real — SIGUSR1 delivered by Slurm to the
 job's tasks, as ``#SBATCH --signal`` does — checkpoints, requeues itself, is started again by Slurm and finishes;
 its loss at every step must equal the reference's (same step, optimiser, scheduler, data position and ray noise
-after the requeue). A third is pre-empted by the ``--signal=USR1@N`` time limit itself. A fourth asks for more
+after the requeue). A third is pre-empted by ``--signal=USR1@N`` before its time limit, sent by Slurm itself. A fourth asks for more
 tasks than the trainer has devices and must stop at the launch check.
 """
 
@@ -76,10 +76,10 @@ def job_field(cluster, job: str, field: str) -> str:
     return m.group(1) if m else ""
 
 
-def release_requeued(cluster, job: str) -> None:
+def release_requeued(cluster, job: str, timeout: float = 120) -> None:
     """Slurm holds a requeued job back for a while (EligibleTime ~2 min on): make it eligible now."""
     wait_for(lambda: job_field(cluster, job, "Restarts") == "1" and job_field(cluster, job, "JobState") == "PENDING",
-             f"job {job} to be requeued", cluster, timeout=120)
+             f"job {job} to be requeued", cluster, timeout=timeout)
     cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
 
 
@@ -163,12 +163,13 @@ def test_preempted_job_requeues_and_resumes_where_it_stopped(slurm_cluster, lrm_
 
 
 def test_sbatch_signal_before_the_time_limit_preempts_and_requeues(slurm_cluster, lrm_shards, tmp_path):
-    """``--signal=USR1@30`` with a 1-minute limit: Slurm itself signals ~30 s in; the run checkpoints, requeues and
-    the next start resumes at the saved step (then the test cancels it: it would be signalled again)."""
-    job, out, run_dir = submit(slurm_cluster, tmp_path, lrm_shards["dir"], sbatch=["--time=1", "--signal=USR1@30"],
+    """``--signal=USR1@80`` with a 2-minute limit: Slurm itself signals ~40 s in (its timer runs every few tens of
+    seconds, so up to ~80 s in; the margin leaves time to checkpoint); the run checkpoints, requeues and the next
+    start resumes at the saved step (then the test cancels it: it would be signalled again)."""
+    job, out, run_dir = submit(slurm_cluster, tmp_path, lrm_shards["dir"], sbatch=["--time=2", "--signal=USR1@80"],
                                steps=100000)
     try:
-        release_requeued(slurm_cluster, job)
+        release_requeued(slurm_cluster, job, timeout=200)
         wait_for(lambda: "fit starts at step" in read(out).partition(f"job {job} restart 1 ")[2],
                  "the requeued run to start training", slurm_cluster)
     finally:
