@@ -3,8 +3,8 @@
 One uninterrupted job is the reference. A second job is pre-empted for real — SIGUSR1 delivered by Slurm to the
 job's tasks, as ``#SBATCH --signal`` does — checkpoints, requeues itself, is started again by Slurm and finishes;
 its loss at every step must equal the reference's (same step, optimiser, scheduler, data position and ray noise
-after the requeue). A third is pre-empted by ``--signal=USR1@N`` before its time limit, sent by Slurm itself. A fourth asks for more
-tasks than the trainer has devices and must stop at the launch check.
+after the requeue). A third is pre-empted by ``--signal=USR1@N`` before its time limit, sent by Slurm itself. A
+fourth asks for more tasks than the trainer has devices and must stop at the launch check.
 """
 
 from __future__ import annotations
