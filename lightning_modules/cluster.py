@@ -234,11 +234,12 @@ def checkpoint_step(path: str) -> int:
     import torch
 
     target = path
-    if os.path.isdir(path):  # DeepSpeed: the client state sits beside rank 0's model states
-        found = sorted(glob.glob(os.path.join(path, "*", "mp_rank_00_model_states.pt")))
-        if not found:
+    if os.path.isdir(path):  # DeepSpeed: the client state is in rank 0's model states (ZeRO-2 and ZeRO-3 names)
+        from lightning_modules.deepspeed import model_states_file
+
+        target = model_states_file(path)
+        if target is None:
             return -1
-        target = found[0]
     try:
         ckpt = torch.load(target, map_location="cpu", mmap=True, weights_only=False)
     except Exception:  # noqa: BLE001 - a truncated or foreign file: not a candidate

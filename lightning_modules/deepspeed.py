@@ -100,18 +100,25 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
-def is_zero_checkpoint(path: Union[str, os.PathLike]) -> bool:
-    """Whether ``path`` is a checkpoint directory as Lightning's DeepSpeedStrategy writes it: ``<name>.ckpt/`` holding
-    a ``latest`` file that names a tag directory (Lightning's tag: ``checkpoint``) with
-    ``mp_rank_00_model_states.pt`` (stages 1-2; ``zero_pp_rank_0_mp_rank_00_model_states.pt`` in stage 3) and the
-    ranks' ``*_optim_states.pt``."""
+def model_states_file(path: Union[str, os.PathLike]) -> Optional[Path]:
+    """Rank 0's model-states file of a checkpoint directory as Lightning's DeepSpeedStrategy writes it (it holds the
+    Lightning client state: ``global_step``, hyper-parameters, ...): ``<name>.ckpt/`` with a ``latest`` file naming a
+    tag directory (Lightning's tag: ``checkpoint``) that holds ``mp_rank_00_model_states.pt`` (stages 1-2) or
+    ``zero_pp_rank_0_mp_rank_00_model_states.pt`` (stage 3). None for anything else."""
     path = Path(path)
     latest = path / "latest"
     if not path.is_dir() or not latest.is_file():
-        return False
+        return None
     tag_dir = path / latest.read_text().strip()
-    return (tag_dir.is_dir() and bool(glob.glob(str(tag_dir / "*mp_rank_00_model_states.pt")))
-            and bool(glob.glob(str(tag_dir / "*_optim_states.pt"))))
+    found = sorted(glob.glob(str(tag_dir / "*mp_rank_00_model_states.pt"))) if tag_dir.is_dir() else []
+    return Path(found[0]) if found else None
+
+
+def is_zero_checkpoint(path: Union[str, os.PathLike]) -> bool:
+    """Whether ``path`` is a ZeRO checkpoint directory (see ``model_states_file``) with the ranks'
+    ``*_optim_states.pt`` beside the model states."""
+    states = model_states_file(path)
+    return states is not None and bool(glob.glob(str(states.parent / "*_optim_states.pt")))
 
 
 def _describe(path: Path) -> str:

@@ -73,6 +73,17 @@ def test_resume_picks_the_furthest_checkpoint_and_prefers_the_preemption_one_at_
     assert cluster.find_resume_checkpoint(run, [ckpts]) == f"{ckpts}/last-v2.ckpt"
 
 
+@pytest.mark.parametrize("states", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"])
+def test_the_step_of_a_deepspeed_checkpoint_directory_is_read_for_zero2_and_zero3(tmp_path, states):
+    ckpt = tmp_path / "hpc_ckpt_1.ckpt"  # the layout Lightning's DeepSpeedStrategy writes (tag "checkpoint")
+    _save(str(ckpt / "checkpoint" / states), 12)
+    (ckpt / "latest").write_text("checkpoint")
+    assert cluster.checkpoint_step(str(ckpt)) == 12
+    assert cluster.find_resume_checkpoint(str(tmp_path), []) == str(ckpt)
+    (ckpt / "latest").unlink()
+    assert cluster.checkpoint_step(str(ckpt)) == -1
+
+
 class _Steps(L.LightningModule):
     def __init__(self, signal_at: int):
         super().__init__()
