@@ -29,7 +29,7 @@ slurm-packages:
 	  || echo "slurm-packages: could not install Slurm; tests/slurm will be skipped"; }
 
 demo: setup
-	$(PY) -m lightning_modules.demo --out data/demo
+	$(PY) -m lightning_modules.launch.demo --out data/demo
 
 test: setup
 	$(PY) -m pytest -q

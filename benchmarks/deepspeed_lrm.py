@@ -5,7 +5,7 @@
 
 Each mode runs in a fresh process (DeepSpeed and CUDA memory statistics start clean): ``Trainer.fit`` of the config's
 LRM (random weights, synthetic batches of the ``lrm32`` rig, as benchmarks/lrm_throughput.py) with precision
-bf16-mixed, gradient clipping 1.0 and the strategy of configs/trainer (DDP, or lightning_modules.deepspeed with
+bf16-mixed, gradient clipping 1.0 and the strategy of configs/trainer (DDP, or lightning_modules.launch.deepspeed with
 configs/deepspeed/<mode>.json). Step time: median wall time from ``on_train_batch_start`` to ``on_train_batch_end``
 after ``--warmup`` steps, CUDA-synchronised. Peak memory: ``torch.cuda.max_memory_allocated`` after the warm-up.
 Limit: the DDP run of the same model, batch and device in the same invocation; the table gives each mode's step
@@ -35,7 +35,7 @@ def run_mode(args) -> dict:
     from torch.utils.data import DataLoader
 
     from benchmarks.lrm_throughput import build, synthetic_batch
-    from lightning_modules.deepspeed import DeepSpeedStrategy
+    from lightning_modules.launch.deepspeed import DeepSpeedStrategy
 
     class StepTimer(L.Callback):
         def __init__(self):

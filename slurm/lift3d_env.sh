@@ -16,7 +16,7 @@ if [[ -x "$venv/bin/lift3d-render" ]]; then
     lift3d=("$venv/bin/lift3d")
 elif [[ -x "$venv/bin/python" ]]; then
     render=("$venv/bin/python" -m render_farm.cli)
-    lift3d=("$venv/bin/python" -m lightning_modules.cli)
+    lift3d=("$venv/bin/python" -m lightning_modules.launch.cli)
 else
     echo "$(basename "${0}"): no Python environment at $venv (LIFT3D_ROOT=$LIFT3D_ROOT)." >&2
     echo "  Set LIFT3D_VENV in $site_env (see slurm/site.env.example) or run 'make setup' in the repository." >&2

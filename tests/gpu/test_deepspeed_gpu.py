@@ -22,7 +22,7 @@ def test_deepspeed_fit_of_lrm_small_converts_to_a_plain_module(name, tmp_path):
     from torch.utils.data import DataLoader
 
     from benchmarks.lrm_throughput import build, synthetic_batch
-    from lightning_modules.deepspeed import DeepSpeedStrategy, convert_main, is_zero_checkpoint
+    from lightning_modules.launch.deepspeed import DeepSpeedStrategy, convert_main, is_zero_checkpoint
     from lightning_modules.lrm import LRMModule
 
     class SaveAtTrainEnd(L.Callback):

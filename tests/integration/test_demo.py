@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from lightning_modules import demo
+from lightning_modules.launch import demo
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ LEARNED = ("lpips", "lpips_masked", "clip")  # with local weights only
 
 
 def evaluate(out, ckpt, shards, *extra, devices=1):
-    cmd = [sys.executable, "-m", "lightning_modules.cli", "evaluate", "--ckpt", ckpt, "--shards", shards,
+    cmd = [sys.executable, "-m", "lightning_modules.launch.cli", "evaluate", "--ckpt", ckpt, "--shards", shards,
            "--out", str(out), "--accelerator", "cpu", "--devices", str(devices), "--num-points", "2000",
            "--model-config", "configs/model/lrm_tiny.yaml", *extra]
     env = dict(os.environ, PL_DISABLE_FORK="1", OMP_NUM_THREADS="1", WANDB_MODE="offline")

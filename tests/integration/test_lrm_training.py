@@ -87,7 +87,7 @@ def test_checkpoint_resume_continues_the_identical_loss_curve(lrm_shards, tmp_pa
 
 def _cli_losses(tmp_path, name, devices, batch_size, shards, steps=5):
     out = tmp_path / name
-    cmd = [sys.executable, "-m", "lightning_modules.cli", "fit", "--config", "configs/experiments/lrm_tiny.yaml",
+    cmd = [sys.executable, "-m", "lightning_modules.launch.cli", "fit", "--config", "configs/experiments/lrm_tiny.yaml",
            f"--data.init_args.train_shards={shards}", "--data.init_args.val_shards=null",
            f"--data.init_args.batch_size={batch_size}", "--data.init_args.target_crop_size=16",
            "--model.init_args.stratified=false", f"--trainer.max_steps={steps}", f"--trainer.devices={devices}",

@@ -113,7 +113,7 @@ def test_mixed_training_runs_on_zero123_predictions(zero123_shards, tmp_path):
 
 def _lift3d(*args, timeout=900):
     env = dict(os.environ, PL_DISABLE_FORK="1", OMP_NUM_THREADS="1", WANDB_MODE="offline")
-    cmd = [sys.executable, "-m", "lightning_modules.cli", *map(str, args)]
+    cmd = [sys.executable, "-m", "lightning_modules.launch.cli", *map(str, args)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr

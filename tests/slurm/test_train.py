@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from lightning_modules.cluster import checkpoint_step
+from lightning_modules.launch.cluster import checkpoint_step
 from tests.slurm.cluster import SlurmError
 from tests.wandb_records import config_keys, run_records
 

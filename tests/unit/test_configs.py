@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import yaml
-from lightning_modules.cli import Lift3dCLI
+from lightning_modules.launch.cli import Lift3dCLI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "configs", "experiments", "*.yaml")))

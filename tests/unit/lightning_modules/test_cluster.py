@@ -10,7 +10,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules import cluster, signals, tracking
+from lightning_modules.launch import cluster, signals, tracking
 
 SLURM_2x8 = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2", "SLURM_TASKS_PER_NODE": "8(x2)"}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from lightning_modules.deepspeed import (DeepSpeedStrategy, convert_checkpoint, convert_main, is_zero_checkpoint,
+from lightning_modules.launch.deepspeed import (DeepSpeedStrategy, convert_checkpoint, convert_main, is_zero_checkpoint,
                                          load_config, resolve_config_path)
 from tests.unit.lightning_modules.conftest import tiny_lrm_args
 
@@ -24,7 +24,7 @@ FRAGMENTS = {"deepspeed_zero2.yaml": "zero2", "deepspeed_zero3_offload.yaml": "z
 
 def parse(args):
     """The `lift3d` parser without building the classes (as tests/unit/test_configs.py does)."""
-    from lightning_modules.cli import Lift3dCLI
+    from lightning_modules.launch.cli import Lift3dCLI
 
     class ParseOnly(Lift3dCLI):
         def instantiate_classes(self) -> None:
@@ -66,7 +66,7 @@ def test_trainer_fragments_apply_on_top_of_an_experiment(fragment):
     """`--trainer FRAGMENT` after `--config EXPERIMENT` replaces the strategy and precision and keeps the rest."""
     cfg = parse(["--config", str(ROOT / "configs" / "experiments" / "lrm_small.yaml"),
                  "--trainer", str(ROOT / "configs" / "trainer" / fragment)])
-    assert cfg.trainer.strategy.class_path == "lightning_modules.deepspeed.DeepSpeedStrategy"
+    assert cfg.trainer.strategy.class_path == "lightning_modules.launch.deepspeed.DeepSpeedStrategy"
     assert cfg.trainer.strategy.init_args.config == f"configs/deepspeed/{FRAGMENTS[fragment]}.json"
     assert cfg.trainer.precision == "bf16-mixed"
     assert (cfg.trainer.devices, cfg.trainer.gradient_clip_val, cfg.trainer.max_epochs) == (1, 1.0, 20)
@@ -78,7 +78,7 @@ def test_trainer_fragments_apply_on_top_of_an_experiment(fragment):
 def test_paper_experiment_runs_zero2_and_the_offload_fragment_overrides_it():
     paper = str(ROOT / "configs" / "experiments" / "lrm_paper.yaml")
     cfg = parse(["--config", paper])
-    assert cfg.trainer.strategy.class_path == "lightning_modules.deepspeed.DeepSpeedStrategy"
+    assert cfg.trainer.strategy.class_path == "lightning_modules.launch.deepspeed.DeepSpeedStrategy"
     assert cfg.trainer.strategy.init_args.config == "configs/deepspeed/zero2.json"
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.gradient_clip_val == 1.0
     cfg = parse(["--config", paper, "--trainer", str(ROOT / "configs" / "trainer" / "deepspeed_zero3_offload.yaml"),
@@ -182,7 +182,7 @@ def _zero_rank(rank: int, world: int, port: int, workdir: str, name: str) -> Non
     from torch.utils.data import DataLoader
 
     from benchmarks.lrm_throughput import synthetic_batch
-    from lightning_modules.cli import Lift3dCLI
+    from lightning_modules.launch.cli import Lift3dCLI
 
     # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel on its first init (~40 s); without it
     # DeepSpeed does the same collectives through gloo, as it does on platforms without the kernel
@@ -284,7 +284,7 @@ def test_lightning_writes_a_sharded_checkpoint_directory(zero_checkpoint):
 
 
 def test_convert_checkpoint_gives_the_engines_fp32_weights(zero_checkpoint, tmp_path, capsys):
-    from lightning_modules.cli import main
+    from lightning_modules.launch.cli import main
     from lightning_modules.lrm import LRMModule
 
     _, ckpt, expected = zero_checkpoint
@@ -339,7 +339,7 @@ def test_lift3d_predict_runs_from_the_converted_checkpoint(zero2_checkpoint, tmp
     import numpy as np
     from PIL import Image
 
-    from lightning_modules.cli import main
+    from lightning_modules.launch.cli import main
 
     ckpt, _ = zero2_checkpoint
     converted = convert_checkpoint(ckpt, tmp_path / "fp32.ckpt")

@@ -8,7 +8,7 @@ import pytest
 import trimesh
 
 from geometry.cameras import intrinsics_from_fov, look_at
-from lightning_modules.evaluate import (_html, depth_points, main, merged, parser, read_categories, summarise,
+from lightning_modules.evaluation.evaluate import (_html, depth_points, main, merged, parser, read_categories, summarise,
                                         summary_table, write_reports)
 
 RECORDS = [

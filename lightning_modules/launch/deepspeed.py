@@ -36,7 +36,7 @@ from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeedStrategy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # what Lightning sets from the Trainer and refuses to find in the JSON (it keeps the JSON's micro batch size and
 # gradient_clipping over the Trainer's instead: configs/deepspeed leaves those out)
 TRAINER_OWNED = {"gradient_accumulation_steps": "Trainer(accumulate_grad_batches=...)"}

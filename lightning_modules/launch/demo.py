@@ -31,7 +31,7 @@ from render_farm.config import load_config
 from render_farm.farm import render_task
 from render_farm.sources import LocalDirSource
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_datamodule(config_path: str, shards: str):
@@ -65,7 +65,7 @@ def write_source_views(shard_dir: str, out_dir: str) -> list[str]:
 
 
 def train_and_predict(shard_dir: str, out: str, steps: int) -> str:
-    from lightning_modules.cli import main as lift3d
+    from lightning_modules.launch.cli import main as lift3d
 
     run_dir = os.path.abspath(os.path.join(out, "lrm"))
     config = os.path.join(ROOT, "configs", "experiments", "lrm_tiny.yaml")
@@ -99,7 +99,7 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> str:
 
 def evaluate_held_out(ckpt: str, out: str, resolution: int, samples: int, num_workers: int) -> None:
     """Held-out objects (a sphere and a box unlike the training renders' cameras: the eval24 rig) → the report."""
-    from lightning_modules.cli import main as lift3d
+    from lightning_modules.launch.cli import main as lift3d
 
     held_out = os.path.join(out, "held_out")
     assets = os.path.join(held_out, "assets")

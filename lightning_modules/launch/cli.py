@@ -1,8 +1,8 @@
 """``lift3d``: the LightningCLI entry point (fit / validate / test / predict) plus two commands of its own.
 
     lift3d fit --config configs/experiments/lrm_paper.yaml [--ckpt_path auto]
-    lift3d evaluate --ckpt last.ckpt --shards data/shards/eval24     (lightning_modules.evaluate)
-    lift3d convert-checkpoint ZERO_DIR model.ckpt                    (lightning_modules.deepspeed)
+    lift3d evaluate --ckpt last.ckpt --shards data/shards/eval24     (lightning_modules.evaluation.evaluate)
+    lift3d convert-checkpoint ZERO_DIR model.ckpt                    (lightning_modules.launch.deepspeed)
 
 Models and data are chosen by ``class_path`` in the YAML (``model:`` and ``data:`` blocks); every config in
 configs/ is parsed by a test. On top of Lightning's CLI (:class:`Lift3dCLI`):
@@ -12,13 +12,13 @@ configs/ is parsed by a test. On top of Lightning's CLI (:class:`Lift3dCLI`):
   ``slurm/train_*.sh`` passes) places a whole run;
 * ``--ckpt_path auto`` resumes from the newest pre-emption or ``last`` checkpoint of that directory, or starts
   fresh when there is none (what the SLURM scripts pass, so a requeued job continues);
-* a launch check before anything is built (:func:`lightning_modules.cluster.check_launch`): the SLURM allocation
+* a launch check before anything is built (:func:`lightning_modules.launch.cluster.check_launch`): the SLURM allocation
   against ``trainer.num_nodes`` × ``devices``, and the global batch against ``global_batch_size``;
   ``LIFT3D_PREFLIGHT=1`` runs only the check and prints the plan (the SLURM scripts do this once before ``srun``);
-* W&B (:mod:`lightning_modules.tracking`): offline without an API key (the sync command printed at the end), one run
+* W&B (:mod:`lightning_modules.launch.tracking`): offline without an API key (the sync command printed at the end), one run
   id per run directory (a resumed run continues its W&B run), the resolved config and git commit logged;
   ``WANDB_PROJECT`` (site setting) overrides the config's project;
-* inside a SLURM job: SIGUSR1 is caught from the first moment; a :class:`~lightning_modules.cluster.Preemption`
+* inside a SLURM job: SIGUSR1 is caught from the first moment; a :class:`~lightning_modules.launch.cluster.Preemption`
   callback (added when the config has none) checkpoints at the next step and, after a clean shutdown, rank 0
   requeues the job; progress lines replace the progress bar in the job log.
 """
@@ -29,7 +29,7 @@ import os
 import sys
 
 if os.environ.get("SLURM_JOB_ID"):  # before the heavy imports: a pre-emption signal now must not kill us
-    from lightning_modules.signals import install_signal_flag
+    from lightning_modules.launch.signals import install_signal_flag
 
     install_signal_flag()
 
@@ -38,7 +38,7 @@ from typing import Optional  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
-from lightning_modules import cluster, tracking  # noqa: E402
+from lightning_modules.launch import cluster, tracking  # noqa: E402
 
 MODEL_CHECKPOINTS = {"lightning.pytorch.callbacks.ModelCheckpoint",
                      "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint", "ModelCheckpoint"}
@@ -184,12 +184,12 @@ class Lift3dCLI(LightningCLI):
 def main(args=None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "evaluate":  # not a Trainer method: its own command, over Lightning Fabric
-        from lightning_modules.evaluate import main as evaluate
+        from lightning_modules.evaluation.evaluate import main as evaluate
 
         evaluate(argv[1:])
         return
     if argv and argv[0] == "convert-checkpoint":  # DeepSpeed ZeRO shards -> one Lightning checkpoint
-        from lightning_modules.deepspeed import convert_main
+        from lightning_modules.launch.deepspeed import convert_main
 
         convert_main(argv[1:])
         return

@@ -27,7 +27,7 @@ from typing import Optional
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from lightning_modules.signals import install_signal_flag, signal_received
+from lightning_modules.launch.signals import install_signal_flag, signal_received
 
 HPC_PREFIX = "hpc_ckpt_"
 
@@ -235,7 +235,7 @@ def checkpoint_step(path: str) -> int:
 
     target = path
     if os.path.isdir(path):  # DeepSpeed: the client state is in rank 0's model states (ZeRO-2 and ZeRO-3 names)
-        from lightning_modules.deepspeed import model_states_file
+        from lightning_modules.launch.deepspeed import model_states_file
 
         target = model_states_file(path)
         if target is None:

@@ -1,6 +1,6 @@
 """The pre-emption signal flag (no heavy imports: ``lift3d`` installs it first thing inside a SLURM job, so a
 SIGUSR1 that arrives while torch is still importing is remembered instead of killing the process — SIGUSR1's
-default action is to terminate). :class:`lightning_modules.cluster.Preemption` acts on it at a step boundary."""
+default action is to terminate). :class:`lightning_modules.launch.cluster.Preemption` acts on it at a step boundary."""
 
 from __future__ import annotations
 

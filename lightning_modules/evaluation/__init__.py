@@ -1,0 +1,1 @@
+"""``lift3d evaluate``: held-out reconstruction, scoring against ground truth, report."""
