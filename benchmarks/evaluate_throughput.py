@@ -29,8 +29,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from lightning_modules.evaluation.evaluate import LRMReconstructor, held_out_batch, list_objects  # noqa: E402
-from lightning_modules.evaluation.evaluate import main as evaluate  # noqa: E402
+from lightning_modules.evaluation.cli import main as evaluate  # noqa: E402
+from lightning_modules.evaluation.reconstruction import LRMReconstructor, held_out_batch, list_objects  # noqa: E402
 from render_farm import synthetic  # noqa: E402
 
 

@@ -25,7 +25,7 @@ _MOVED = {
     "lightning_modules.deepspeed": "lightning_modules.launch.deepspeed",
     "lightning_modules.tracking": "lightning_modules.launch.tracking",
     "lightning_modules.demo": "lightning_modules.launch.demo",
-    "lightning_modules.evaluate": "lightning_modules.evaluation.evaluate",
+    "lightning_modules.evaluate": "lightning_modules.evaluation.cli",
 }
 
 

@@ -1,7 +1,7 @@
 """``lift3d``: the LightningCLI entry point (fit / validate / test / predict) plus two commands of its own.
 
     lift3d fit --config configs/experiments/lrm_paper.yaml [--ckpt_path auto]
-    lift3d evaluate --ckpt last.ckpt --shards data/shards/eval24     (lightning_modules.evaluation.evaluate)
+    lift3d evaluate --ckpt last.ckpt --shards data/shards/eval24     (lightning_modules.evaluation.cli)
     lift3d convert-checkpoint ZERO_DIR model.ckpt                    (lightning_modules.launch.deepspeed)
 
 Models and data are chosen by ``class_path`` in the YAML (``model:`` and ``data:`` blocks); every config in
@@ -184,7 +184,7 @@ class Lift3dCLI(LightningCLI):
 def main(args=None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "evaluate":  # not a Trainer method: its own command, over Lightning Fabric
-        from lightning_modules.evaluation.evaluate import main as evaluate
+        from lightning_modules.evaluation.cli import main as evaluate
 
         evaluate(argv[1:])
         return

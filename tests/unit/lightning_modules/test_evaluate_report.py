@@ -8,8 +8,9 @@ import pytest
 import trimesh
 
 from geometry.cameras import intrinsics_from_fov, look_at
-from lightning_modules.evaluation.evaluate import (_html, depth_points, main, merged, parser, read_categories, summarise,
-                                        summary_table, write_reports)
+from lightning_modules.evaluation.cli import main, parser, read_categories
+from lightning_modules.evaluation.report import _html, summarise, summary_table, write_reports
+from lightning_modules.evaluation.scoring import depth_points, merged
 
 RECORDS = [
     {"key": "a", "category": "chair", "psnr": 20.0, "chamfer": 0.1, "volume_iou": None},
