@@ -35,13 +35,13 @@ from render_farm import synthetic  # noqa: E402
 
 
 def render_held_out(shards: str, assets: str, resolution: int, samples: int, workers: int) -> None:
-    from render_farm.config import load_config
+    from render_farm.config import load_render_config
     from render_farm.farm import render_task
     from render_farm.sources import LocalDirSource
 
     synthetic.all_assets(assets, include_broken=False)
-    cfg = load_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=resolution, samples=samples,
-                      rig="eval24", rig_options={})
+    cfg = load_render_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=resolution, samples=samples,
+                             rig="eval24", rig_options={})
     summary = render_task(LocalDirSource(assets), shards, cfg, num_workers=workers, progress=True)
     print(f"[bench] held-out set: {summary.line()}", flush=True)
 

@@ -3,7 +3,8 @@
 The YAML files beside this module are LightningCLI configs (``model/``, ``data/``, ``trainer/``, ``experiments/``),
 DeepSpeed JSON (``deepspeed/``) and render-farm settings (``render/``). Code that needs a path inside the repository
 builds it from :data:`ROOT`; code that needs a model's ``class_path`` and ``init_args`` outside LightningCLI (the demo,
-evaluation, benchmarks, tests) calls :func:`load_model_block`, which reads a model YAML and an experiment YAML alike.
+evaluation, benchmarks, tests) calls :func:`load_model_block`, which reads a model YAML and an experiment YAML alike
+(:func:`load_block` does the same for the data block).
 """
 
 from __future__ import annotations
@@ -26,26 +27,32 @@ RENDER_DIR = CONFIG_DIR / "render"
 
 
 @dataclass
-class ModelBlock:
-    """A LightningModule as a config names it: its class path and the arguments it is built with."""
+class Block:
+    """A class as a LightningCLI config names it (a model or data module): its class path and its arguments."""
 
     class_path: str
     init_args: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # the YAML file the block was read from
 
 
-def load_model_block(path: Union[str, os.PathLike]) -> ModelBlock:
+def load_model_block(path: Union[str, os.PathLike]) -> Block:
     """The model block of ``path``: a model YAML (``class_path`` + ``init_args`` at the top) or an experiment YAML
     (a ``model:`` key holding such a block inline, or the path of a model YAML relative to the experiment file, as
     LightningCLI resolves it)."""
+    return load_block(path, "model")
+
+
+def load_block(path: Union[str, os.PathLike], key: str) -> Block:
+    """The ``key`` block (``model`` or ``data``) of a config file: the file itself when it is such a block (e.g.
+    configs/data/tiny.yaml), else its ``key:`` entry, inline or the path of a YAML relative to ``path``."""
     path = Path(path)
     data = _read_yaml(path)
-    if isinstance(data, dict) and "model" in data:  # an experiment (or any LightningCLI config with a model)
-        model = data["model"]
-        if isinstance(model, str):
-            return load_model_block(path.parent / model)
-        return _block(model, path, "the 'model' block of ")
-    return _block(data, path, "")
+    if isinstance(data, dict) and key in data:  # an experiment (or any LightningCLI config with that key)
+        block = data[key]
+        if isinstance(block, (str, os.PathLike)):
+            return load_block(path.parent / block, key)
+        return _block(block, path, key, f"the '{key}' entry of ")
+    return _block(data, path, key, "")
 
 
 def _read_yaml(path: Path) -> Any:
@@ -53,18 +60,19 @@ def _read_yaml(path: Path) -> Any:
         with open(path) as f:
             return yaml.safe_load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"config {str(path)!r} not found: expected a model YAML (e.g. "
-                                f"{MODEL_DIR.relative_to(ROOT) / 'lrm_tiny.yaml'}) or an experiment YAML (e.g. "
-                                f"{EXPERIMENT_DIR.relative_to(ROOT) / 'lrm_tiny.yaml'})") from None
+        raise FileNotFoundError(f"config {str(path)!r} not found: expected a model or data YAML (e.g. "
+                                f"configs/model/lrm_tiny.yaml) or an experiment YAML (e.g. "
+                                f"configs/experiments/lrm_tiny.yaml); relative paths are resolved from the current "
+                                f"directory, {ROOT} is the repository") from None
 
 
-def _block(data: Any, path: Path, where: str) -> ModelBlock:
+def _block(data: Any, path: Path, key: str, where: str) -> Block:
     if not (isinstance(data, dict) and isinstance(data.get("class_path"), str)):
-        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{where}{path} is not a model config: expected 'class_path' and 'init_args' (a model YAML "
-                         f"such as configs/model/lrm_tiny.yaml) or a 'model' key (an experiment YAML such as "
-                         f"configs/experiments/lrm_tiny.yaml), found {keys}")
+        found = f"keys {sorted(data)}" if isinstance(data, dict) else f"a {type(data).__name__}"
+        raise ValueError(f"{where}{path} is not a {key} config: expected 'class_path' and 'init_args' (a {key} YAML "
+                         f"such as configs/{key}/{'lrm_tiny' if key == 'model' else 'tiny'}.yaml) or a '{key}' key "
+                         f"(an experiment YAML such as configs/experiments/lrm_tiny.yaml), found {found}")
     init_args = data.get("init_args") or {}
     if not isinstance(init_args, dict):
-        raise ValueError(f"{where}{path}: 'init_args' must be a mapping of the model's arguments, got {init_args!r}")
-    return ModelBlock(data["class_path"], dict(init_args), str(path))
+        raise ValueError(f"{where}{path}: 'init_args' must be a mapping of the {key}'s arguments, got {init_args!r}")
+    return Block(data["class_path"], dict(init_args), str(path))

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from render_farm.config import load_config
+from render_farm.config import load_render_config
 from render_farm.tasks import report_task, resolve_task
 
 
@@ -64,9 +64,9 @@ def _make_source(args):
 def run_objaverse(args) -> int:
     from render_farm.farm import render_task
 
-    cfg = load_config(args.config, rig=args.rig, resolution=args.resolution, samples=args.samples,
-                      lighting=args.lighting, seed=args.seed, timeout_s=args.timeout_s,
-                      shard_maxcount=args.shard_maxcount)
+    cfg = load_render_config(args.config, rig=args.rig, resolution=args.resolution, samples=args.samples,
+                             lighting=args.lighting, seed=args.seed, timeout_s=args.timeout_s,
+                             shard_maxcount=args.shard_maxcount)
     task, count = resolve_task(args.rank, args.world_size)
     summary = render_task(_make_source(args), args.out, cfg, task, count, num_workers=args.num_workers,
                           blender_path=args.custom_blender_path, retry_failed=args.retry_failed,

@@ -7,9 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import yaml
 
+from configs import RENDER_DIR
 from geometry.rigs import RIGS
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "render")
 
 
 @dataclass
@@ -54,9 +53,9 @@ class RenderConfig:
         return asdict(self)
 
 
-def load_config(path: str | None = None, **overrides) -> RenderConfig:
+def load_render_config(path: str | None = None, **overrides) -> RenderConfig:
     """The config at ``path`` (default: configs/render/default.yaml) with non-None ``overrides`` applied."""
-    path = path or os.path.join(CONFIG_DIR, "default.yaml")
+    path = path or os.path.join(RENDER_DIR, "default.yaml")
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}

@@ -4,23 +4,22 @@ import os
 
 import pytest
 
+from configs import RENDER_DIR
 from render_farm import synthetic as assets
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
 def lrm_shards(tmp_path_factory):
     """A generated sphere and textured box rendered by Blender at 64², 16 lrm32 views, one object per shard."""
-    from render_farm.config import load_config
+    from render_farm.config import load_render_config
     from render_farm.farm import render_task
     from render_farm.sources import LocalDirSource
 
     root = tmp_path_factory.mktemp("lrm_shards")
     (root / "assets").mkdir()
     made = [assets.vertex_coloured_sphere(str(root / "assets")), assets.textured_box(str(root / "assets"))]
-    cfg = load_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=64, samples=8,
-                      rig_options={"num_views": 16}, shard_maxcount=1)
+    cfg = load_render_config(os.path.join(RENDER_DIR, "tiny.yaml"), resolution=64, samples=8,
+                             rig_options={"num_views": 16}, shard_maxcount=1)
     summary = render_task(LocalDirSource(str(root / "assets")), str(root / "shards"), cfg, num_workers=2,
                           progress=False)
     assert not summary.failures, summary.failures

@@ -36,7 +36,8 @@ from lightning.pytorch.accelerators import Accelerator
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeedStrategy
 
-ROOT = Path(__file__).resolve().parents[2]
+from configs import ROOT
+
 # what Lightning sets from the Trainer and refuses to find in the JSON (it keeps the JSON's micro batch size and
 # gradient_clipping over the Trainer's instead: configs/deepspeed leaves those out)
 TRAINER_OWNED = {"gradient_accumulation_steps": "Trainer(accumulate_grad_batches=...)"}
@@ -54,7 +55,7 @@ def resolve_config_path(path: Union[str, os.PathLike]) -> Path:
         f"zero3_offload.json (relative paths are tried from the current directory, then from the repository root)")
 
 
-def load_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
+def load_deepspeed_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
     """The DeepSpeed JSON at ``path`` (see ``resolve_config_path``), checked for what Lightning needs of it."""
     file = resolve_config_path(path)
     try:
@@ -91,7 +92,7 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
         self.config_path: Optional[Path] = None
         if not isinstance(config, dict):
             self.config_path = resolve_config_path(config)
-            config = load_config(self.config_path)
+            config = load_deepspeed_config(self.config_path)
         super().__init__(config=config, accelerator=accelerator, parallel_devices=parallel_devices,
                          cluster_environment=cluster_environment, precision_plugin=precision_plugin,
                          process_group_backend=process_group_backend, timeout=timeout, logging_level=logging_level,

@@ -22,23 +22,21 @@ import os
 import time
 
 import torch
-import yaml
 from PIL import Image
 
+from configs import DATA_DIR, EXPERIMENT_DIR, MODEL_DIR, RENDER_DIR, ROOT, load_block
 from lightning_modules.callbacks import image_grid
 from render_farm import synthetic
-from render_farm.config import load_config
+from render_farm.config import load_render_config
 from render_farm.farm import render_task
+from render_farm.shards import read_header, resolve_shards, sample_key, scan_samples, view_member
 from render_farm.sources import LocalDirSource
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_datamodule(config_path: str, shards: str):
-    with open(config_path) as f:
-        spec = yaml.safe_load(f)
-    module, _, name = spec["class_path"].rpartition(".")
-    args = dict(spec["init_args"], train_shards=shards, val_shards=shards)
+    spec = load_block(config_path, "data")
+    module, _, name = spec.class_path.rpartition(".")
+    args = dict(spec.init_args, train_shards=shards, val_shards=shards)
     return getattr(importlib.import_module(module), name)(**args)
 
 
@@ -50,16 +48,15 @@ def preview(batch: dict, path: str) -> None:
 
 def write_source_views(shard_dir: str, out_dir: str) -> list[str]:
     """Each object's source view (the LRM's input) as an RGBA PNG, as a user would hand one to ``lift3d predict``."""
-    import webdataset as wds
-
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for sample in wds.WebDataset(sorted(glob.glob(os.path.join(shard_dir, "*.tar"))), shardshuffle=False):
-        meta = json.loads(sample["meta.json"])
-        view = meta["view_roles"].index("source") if "source" in meta["view_roles"] else 0
-        path = os.path.join(out_dir, f"{sample['__key__']}.png")
+    urls, _ = resolve_shards(shard_dir)
+    for sample in (s for url in urls for s in scan_samples(url)):
+        _, _, roles = read_header(sample)
+        view = roles.index("source") if "source" in roles else 0
+        path = os.path.join(out_dir, f"{sample_key(sample)}.png")
         with open(path, "wb") as f:
-            f.write(sample[f"{view:03d}.rgba.png"])
+            f.write(sample[view_member(view, "rgba")])
         paths.append(path)
     return paths
 
@@ -68,7 +65,7 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> str:
     from lightning_modules.launch.cli import main as lift3d
 
     run_dir = os.path.abspath(os.path.join(out, "lrm"))
-    config = os.path.join(ROOT, "configs", "experiments", "lrm_tiny.yaml")
+    config = os.path.join(EXPERIMENT_DIR, "lrm_tiny.yaml")
     common = [f"--data.init_args.train_shards={shard_dir}", f"--data.init_args.val_shards={shard_dir}"]
     print(f"[demo] training lrm_tiny for {steps} steps: lift3d fit --config {os.path.relpath(config, ROOT)}",
           flush=True)
@@ -106,8 +103,8 @@ def evaluate_held_out(ckpt: str, out: str, resolution: int, samples: int, num_wo
     os.makedirs(assets, exist_ok=True)
     synthetic.vertex_coloured_sphere(assets, name="held_out_sphere")
     synthetic.textured_box(assets, name="held_out_box")
-    cfg = load_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=resolution, samples=samples,
-                      rig="eval24", rig_options={})
+    cfg = load_render_config(os.path.join(RENDER_DIR, "tiny.yaml"), resolution=resolution, samples=samples,
+                             rig="eval24", rig_options={})
     summary = render_task(LocalDirSource(assets), os.path.join(held_out, "shards"), cfg, num_workers=num_workers,
                           progress=True)
     print(f"[demo] held-out objects (eval24 rig): {summary.line()}", flush=True)
@@ -115,7 +112,7 @@ def evaluate_held_out(ckpt: str, out: str, resolution: int, samples: int, num_wo
     print(f"[demo] lift3d evaluate --ckpt {os.path.relpath(ckpt)} --shards {os.path.relpath(held_out)}/shards",
           flush=True)
     lift3d(["evaluate", "--ckpt", ckpt, "--shards", os.path.join(held_out, "shards"), "--gt-meshes", assets,
-            "--out", report, "--model-config", os.path.join(ROOT, "configs", "model", "lrm_tiny.yaml"),
+            "--out", report, "--model-config", os.path.join(MODEL_DIR, "lrm_tiny.yaml"),
             "--wandb-name", "demo-evaluate"])
 
 
@@ -134,15 +131,15 @@ def main(argv=None) -> int:
             synthetic.multi_material(asset_dir), synthetic.truncated_glb(asset_dir)]
     print(f"[demo] generated {len(made)} assets in {asset_dir} (one deliberately truncated)", flush=True)
 
-    cfg = load_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=args.resolution,
-                      samples=args.samples, rig_options={"num_views": 12})
+    cfg = load_render_config(os.path.join(RENDER_DIR, "tiny.yaml"), resolution=args.resolution,
+                             samples=args.samples, rig_options={"num_views": 12})
     shard_dir = os.path.join(args.out, "shards")
     summary = render_task(LocalDirSource(asset_dir), shard_dir, cfg, num_workers=args.num_workers, progress=True)
     print(f"[demo] {summary.line()}", flush=True)
     for uid, reason in summary.failures:
         print(f"[demo]   recorded failure {uid}: {reason}", flush=True)
 
-    dm = build_datamodule(os.path.join(ROOT, "configs", "data", "tiny.yaml"), shard_dir)
+    dm = build_datamodule(os.path.join(DATA_DIR, "tiny.yaml"), shard_dir)
     dm.setup("fit")
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # what a training step receives
     for k, v in batch.items():

@@ -1,7 +1,9 @@
 """W&B for ``lift3d`` runs: offline without an API key, one run id per run directory, config and git logged.
 
-* :func:`offline_reason` — W&B goes offline (``WANDB_MODE=offline``) when no mode is set and there is no API key
-  (``WANDB_API_KEY`` or a ``~/.netrc`` entry for the W&B host); the run then ends by printing ``wandb sync <dir>``.
+* :func:`wandb_mode` — the one online/offline rule of every W&B run lift3d starts (``lift3d fit`` and
+  ``lift3d evaluate``): ``WANDB_MODE`` when set, else online with an API key (``WANDB_API_KEY`` or a ``~/.netrc``
+  entry for the W&B host, as ``wandb login`` writes it), else offline; an offline run ends by printing
+  ``wandb sync <dir>``.
 * :func:`run_id` — the run id lives in ``<default_root_dir>/wandb_run_id``: a run that resumes from a checkpoint
   (a requeued SLURM job, ``--ckpt_path auto``) reuses it, so W&B continues the same run (``resume="allow"``);
   a fresh run writes a new one.
@@ -16,32 +18,37 @@ import os
 import secrets
 import string
 import subprocess
-from typing import Optional
+from typing import Optional, Union
 from urllib.parse import urlparse
 
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import ROOT
+
 RUN_ID_FILE = "wandb_run_id"
 WANDB_LOGGERS = {"lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger",
                  "pytorch_lightning.loggers.WandbLogger", "pytorch_lightning.loggers.wandb.WandbLogger",
                  "WandbLogger"}
 
 
-def offline_reason(env=None) -> Optional[str]:
-    """Why W&B must run offline here, or None when it can go online (or a mode was chosen explicitly)."""
+def wandb_mode(env=None) -> tuple[str, Optional[str]]:
+    """(mode, why offline) for a W&B run started here: ``WANDB_MODE`` when set (an explicit choice is kept, reason
+    None); else ``("online", None)`` with an API key (``WANDB_API_KEY``, or a ``~/.netrc`` entry for the W&B host:
+    ``NETRC`` and ``WANDB_BASE_URL`` are honoured); else ``("offline", reason)``."""
     env = os.environ if env is None else env
-    if env.get("WANDB_MODE") or env.get("WANDB_API_KEY"):
-        return None
+    if env.get("WANDB_MODE"):
+        return env["WANDB_MODE"], None
+    if env.get("WANDB_API_KEY"):
+        return "online", None
     host = urlparse(env.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
     path = env.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
     try:
         if netrc.netrc(path).authenticators(host):
-            return None
+            return "online", None
     except (OSError, netrc.NetrcParseError):
         pass
-    return f"no W&B API key (WANDB_API_KEY is unset and {path} has no entry for {host})"
+    return "offline", f"no W&B API key (WANDB_API_KEY is unset and {path} has no entry for {host})"
 
 
 def run_id(run_dir: str, resuming: bool, write: bool) -> tuple[str, bool]:
@@ -63,7 +70,7 @@ def run_id(run_dir: str, resuming: bool, write: bool) -> tuple[str, bool]:
     return new, False
 
 
-def git_state(root: str = ROOT) -> dict:
+def git_state(root: Union[str, os.PathLike] = ROOT) -> dict:
     """{"commit", "dirty", "branch"} of the repository the code runs from ("unknown" outside a git checkout)."""
     def git(*args):
         r = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=20)

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
+from configs import RENDER_DIR, ROOT
 from render_farm import synthetic as assets
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def render_cli(*args, check=True, **kw):
@@ -63,7 +62,7 @@ def eval_shards(tmp_path_factory):
     import io
     import tarfile
 
-    from render_farm.config import load_config
+    from render_farm.config import load_render_config
     from render_farm.farm import render_task
     from render_farm.sources import LocalDirSource
 
@@ -71,8 +70,8 @@ def eval_shards(tmp_path_factory):
     (root / "assets").mkdir()
     made = [assets.vertex_coloured_sphere(str(root / "assets"), name="held_out_sphere"),
             assets.multi_material(str(root / "assets"))]
-    cfg = load_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=64, samples=8, rig="eval24",
-                      rig_options={}, shard_maxcount=8)
+    cfg = load_render_config(os.path.join(RENDER_DIR, "tiny.yaml"), resolution=64, samples=8, rig="eval24",
+                             rig_options={}, shard_maxcount=8)
     summary = render_task(LocalDirSource(str(root / "assets")), str(root / "shards"), cfg, num_workers=2,
                           progress=False)
     assert not summary.failures, summary.failures
@@ -94,15 +93,15 @@ def eval_shards(tmp_path_factory):
 def one2345_shards(tmp_path_factory):
     """The multi-material box + cylinder rendered by Blender with the ``one2345`` rig at 64², 8 spp: 8 ``gt`` views
     and 4 ``gt_neighbor`` views (±10°) of each, 40 views in one shard (``dir``; ``asset``: the generated asset)."""
-    from render_farm.config import load_config
+    from render_farm.config import load_render_config
     from render_farm.farm import render_task
     from render_farm.sources import LocalDirSource
 
     root = tmp_path_factory.mktemp("one2345_shards")
     (root / "assets").mkdir()
     made = assets.multi_material(str(root / "assets"))
-    cfg = load_config(os.path.join(ROOT, "configs", "render", "one2345.yaml"), resolution=64, samples=8,
-                      shard_maxcount=8)
+    cfg = load_render_config(os.path.join(RENDER_DIR, "one2345.yaml"), resolution=64, samples=8,
+                             shard_maxcount=8)
     summary = render_task(LocalDirSource(str(root / "assets")), str(root / "shards"), cfg, num_workers=2,
                           progress=False)
     assert not summary.failures, summary.failures

@@ -1,26 +1,20 @@
 """Helpers of the tests that train lrm_tiny on Blender-rendered shards (the overfitting run is the session
 fixture ``overfit_lrm`` in conftest.py; the training and evaluation tests share it)."""
 
-import os
-
 import lightning as L
 import torch
-import yaml
 
+from configs import MODEL_DIR, load_model_block
 from datamodules.shard_datamodule import ShardDataModule
 from datamodules.views import finalize
 from lightning_modules.lrm import LRMModule
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = os.path.join(ROOT, "configs", "model", "lrm_tiny.yaml")
+TINY = MODEL_DIR / "lrm_tiny.yaml"
 OVERFIT_STEPS = 400  # the overfitting run: 2 objects, 400 steps of lrm_tiny
 
 
 def tiny_module(**overrides) -> LRMModule:
-    with open(TINY) as f:
-        cfg = yaml.safe_load(f)["init_args"]
-    cfg.update(overrides)
-    return LRMModule(**cfg)
+    return LRMModule(**{**load_model_block(TINY).init_args, **overrides})
 
 
 def datamodule(shards, batch_size=2, views=4, crop=0) -> ShardDataModule:

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ROOT
+from configs import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ import pytest
 import trimesh
 from PIL import Image
 
+from configs import RENDER_DIR
 from render_farm import synthetic as assets
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BOUND_DEG = 5.0  # |estimate − truth| for every ground-truth view
 RESOLUTION = 256  # One-2-3-45's image size; SIFT needs the detail
 NUM_GT = 3
@@ -51,15 +51,15 @@ def noise_textured_box(directory: str, name: str = "noise_box", seed: int = 0) -
 @pytest.fixture(scope="module")
 def one2345_shards(tmp_path_factory):
     """The noise box rendered by Blender with the one2345 rig (3 gt views + 4 neighbours each) at 256², 8 spp."""
-    from render_farm.config import load_config
+    from render_farm.config import load_render_config
     from render_farm.farm import render_task
     from render_farm.sources import LocalDirSource
 
     root = tmp_path_factory.mktemp("elevation")
     (root / "assets").mkdir()
     noise_textured_box(str(root / "assets"))
-    cfg = load_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), rig="one2345", resolution=RESOLUTION,
-                      samples=8, rig_options={"num_gt": NUM_GT}, shard_maxcount=1)
+    cfg = load_render_config(os.path.join(RENDER_DIR, "tiny.yaml"), rig="one2345", resolution=RESOLUTION,
+                             samples=8, rig_options={"num_gt": NUM_GT}, shard_maxcount=1)
     summary = render_task(LocalDirSource(str(root / "assets")), str(root / "shards"), cfg, num_workers=2,
                           progress=False)
     assert not summary.failures, summary.failures
@@ -68,8 +68,7 @@ def one2345_shards(tmp_path_factory):
 
 def _views(shard_dir):
     """(key, gt view, true elevation, [5 RGBA images: gt then its neighbours]) for every gt view."""
-    from datamodules.decode import decode_rgba, read_cameras, read_meta
-    from datamodules.tar_index import scan_samples
+    from render_farm.shards import decode_rgba, read_cameras, read_meta, scan_samples
 
     out = []
     for url in sorted(shard_dir.glob("*.tar")):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.integration.lrm_helpers import ROOT
+from configs import ROOT
 from tests.weights import save_random_lpips, save_tiny_clip
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,9 @@ import psutil
 import pytest
 import webdataset as wds
 
+from configs import ROOT
 from render_farm import synthetic as assets
-from tests.integration.conftest import ROOT, render_cli
+from tests.integration.conftest import render_cli
 
 pytestmark = pytest.mark.slow
 

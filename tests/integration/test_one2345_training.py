@@ -16,8 +16,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from configs import MODEL_DIR, ROOT, load_model_block
 from datamodules.one2345 import One2345DataModule
 from datamodules.views import finalize
 from geometry.mesh import chamfer_distance, load_mesh, sample_surface
@@ -26,8 +26,7 @@ from tests.integration.lrm_helpers import LossRecorder, trainer
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = yaml.safe_load(open(os.path.join(ROOT, "configs", "model", "one2345_tiny.yaml")))["init_args"]
+TINY = load_model_block(MODEL_DIR / "one2345_tiny.yaml").init_args
 OVERFIT_STEPS = 150
 CHAMFER_BOUND = 0.12  # symmetric mean L2 Chamfer in the shard's frame (the object spans 2 units along x)
 

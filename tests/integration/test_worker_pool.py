@@ -6,16 +6,17 @@ import threading
 
 import pytest
 
+from configs import RENDER_DIR
 from render_farm import synthetic
-from render_farm.config import load_config
+from render_farm.config import load_render_config
 from render_farm.worker import WorkerPool
 
 pytestmark = pytest.mark.slow
 
 
 def _job(asset, resolution=32, samples=2, views=2):
-    cfg = load_config(os.path.join("configs", "render", "tiny.yaml"), resolution=resolution, samples=samples,
-                      rig_options={"num_views": views})
+    cfg = load_render_config(os.path.join(RENDER_DIR, "tiny.yaml"), resolution=resolution, samples=samples,
+                             rig_options={"num_views": views})
     return {"uid": asset.uid, "path": asset.path, "source": "local", "licence": "unknown", "sha256": "0" * 64,
             "rig": cfg.rig, "rig_options": cfg.rig_options, "depth_scale": cfg.depth_scale,
             "settings": cfg.blender_settings(threads=1)}

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.integration.conftest import ROOT, render_cli
+from configs import ROOT
+from tests.integration.conftest import render_cli
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, HF_HUB_OFFLINE="1")

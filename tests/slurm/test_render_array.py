@@ -16,11 +16,11 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from configs import ROOT
 from render_farm import synthetic as assets
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "slurm", "render_objaverse.sh")
 TINY = ["--rig", "lrm32", "--resolution", "32", "--samples", "2", "--shard-maxcount", "2"]
 SHARD_NAME = re.compile(r"^(\d{5})-(\d{6})\.tar$")

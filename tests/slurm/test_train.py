@@ -17,13 +17,13 @@ import time
 
 import pytest
 
+from configs import ROOT
 from lightning_modules.launch.cluster import checkpoint_step
 from tests.slurm.cluster import SlurmError
 from tests.wandb_records import config_keys, run_records
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(360)]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "slurm", "train_lrm.sh")
 STEPS = 40
 STEP_LINE = re.compile(r"^lift3d: step (\d+) epoch \d+ loss ([0-9.]+)", re.M)

@@ -1,18 +1,15 @@
 """Every YAML in configs/data/ parses through LightningCLI's machinery (jsonargparse) and instantiates."""
 
-from pathlib import Path
-
 import lightning as L
 import pytest
-import yaml
 from jsonargparse import ArgumentParser
 
+from configs import DATA_DIR, load_block
 from datamodules.views import finalize
 from datamodules.shard_datamodule import ShardDataModule
 from tests.unit.datamodules.conftest import write_shards
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "data"
-CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+CONFIGS = sorted(DATA_DIR.glob("*.yaml"))
 
 
 def _parser() -> ArgumentParser:
@@ -36,7 +33,7 @@ def test_config_parses_and_instantiates(path):
     cfg = parser.parse_args(["--data", str(path)])
     dm = _instantiate(parser, cfg).data
     assert isinstance(dm, ShardDataModule)
-    raw = yaml.safe_load(path.read_text())["init_args"]
+    raw = load_block(path, "data").init_args
     for name, value in raw.items():  # every key is a real constructor argument and arrives unchanged
         assert dm.hparams[name] == value, name
     shards = str(raw["train_shards"])
@@ -46,7 +43,7 @@ def test_config_parses_and_instantiates(path):
 def test_tiny_config_loads_a_batch_from_real_shards(tmp_path):
     write_shards(tmp_path / "s", n_shards=2, per_shard=2)
     parser = _parser()
-    cfg = parser.parse_args(["--data", str(CONFIG_DIR / "tiny.yaml"), "--data.init_args.train_shards",
+    cfg = parser.parse_args(["--data", str(DATA_DIR / "tiny.yaml"), "--data.init_args.train_shards",
                              str(tmp_path / "s"), "--data.init_args.val_shards", str(tmp_path / "s")])
     dm = _instantiate(parser, cfg).data
     dm.setup("fit")

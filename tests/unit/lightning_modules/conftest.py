@@ -1,11 +1,7 @@
-import pathlib
-
-import yaml
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[3] / "configs"
+from configs import MODEL_DIR, load_model_block
 
 
 def tiny_lrm_args() -> dict:
     """The network blocks of configs/model/lrm_tiny.yaml (what the tests build)."""
-    cfg = yaml.safe_load(open(CONFIGS / "model" / "lrm_tiny.yaml"))["init_args"]
+    cfg = load_model_block(MODEL_DIR / "lrm_tiny.yaml").init_args
     return {k: cfg[k] for k in ("encoder", "transformer", "field", "renderer", "camera_dim")}

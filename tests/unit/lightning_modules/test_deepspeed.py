@@ -7,17 +7,16 @@ accelerator): tests/gpu/test_deepspeed_gpu.py."""
 import json
 import os
 import socket
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from configs import ROOT
 from lightning_modules.launch.deepspeed import (DeepSpeedStrategy, convert_checkpoint, convert_main, is_zero_checkpoint,
-                                         load_config, resolve_config_path)
+                                                load_deepspeed_config, resolve_config_path)
 from tests.unit.lightning_modules.conftest import tiny_lrm_args
 
-ROOT = Path(__file__).resolve().parents[3]
 JSONS = {"zero2": 2, "zero3_offload": 3}
 FRAGMENTS = {"deepspeed_zero2.yaml": "zero2", "deepspeed_zero3_offload.yaml": "zero3_offload"}
 
@@ -49,8 +48,8 @@ def test_deepspeed_jsons_parse_and_validate_with_deepspeed(name):
     # parameters to bf16, which its fp32 camera path cannot take (test_bf16_parameters_are_not_what_the_lrm_takes)
     assert raw["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"} and raw["bf16"] == {"enabled": False}
     # DeepSpeed's own parser (pydantic: unknown ZeRO keys are errors), with what Lightning adds from a Trainer
-    ds = DeepSpeedConfig(dict(load_config(f"configs/deepspeed/{name}.json"), train_micro_batch_size_per_gpu=8,
-                              gradient_accumulation_steps=1, gradient_clipping=1.0))
+    ds = DeepSpeedConfig(dict(load_deepspeed_config(f"configs/deepspeed/{name}.json"),
+                              train_micro_batch_size_per_gpu=8, gradient_accumulation_steps=1, gradient_clipping=1.0))
     assert ds.zero_optimization_stage == JSONS[name]
     assert ds.torch_autocast_enabled and ds.torch_autocast_dtype == torch.bfloat16
     offload = name.endswith("offload")
@@ -112,7 +111,7 @@ def test_missing_or_bad_json_names_the_file_and_the_fix(tmp_path):
         DeepSpeedStrategy(str(bad))
     bad.write_text('[1, 2]')
     with pytest.raises(ValueError, match="expected a JSON object"):
-        load_config(bad)
+        load_deepspeed_config(bad)
     assert resolve_config_path(ROOT / "configs" / "deepspeed" / "zero2.json").is_file()
 
 

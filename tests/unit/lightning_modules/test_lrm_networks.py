@@ -4,18 +4,18 @@ import math
 
 import pytest
 import torch
-import yaml
 
+from configs import MODEL_DIR, load_model_block
 from geometry.cameras import intrinsics_from_fov
 from geometry.rays import canonical_c2w
 from lightning_modules.networks.lrm.model import LRM
 from lightning_modules.networks.lrm.renderer import VolumeRenderer, composite
 from lightning_modules.networks.lrm.transformer import ModLN
-from tests.unit.lightning_modules.conftest import CONFIGS, tiny_lrm_args
+from tests.unit.lightning_modules.conftest import tiny_lrm_args
 
 
 def _paper_blocks():
-    cfg = yaml.safe_load(open(CONFIGS / "model" / "lrm_paper.yaml"))["init_args"]
+    cfg = load_model_block(MODEL_DIR / "lrm_paper.yaml").init_args
     enc = dict(cfg["encoder"], pretrained=False)
     return enc, cfg["transformer"], cfg["field"], cfg["renderer"], cfg["camera_dim"]
 

@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
-import yaml
 
+from configs import MODEL_DIR, load_model_block
 from geometry.cameras import intrinsics_from_fov, look_at, spherical_to_cartesian
 from lightning_modules.losses import step_decay_with_warmup
 from lightning_modules.networks.one2345.model import One2345
 from lightning_modules.one2345 import One2345Module, plain, sample_pixels
 
-TINY = yaml.safe_load(open("configs/model/one2345_tiny.yaml"))["init_args"]
+TINY = load_model_block(MODEL_DIR / "one2345_tiny.yaml").init_args
 
 
 @pytest.fixture(autouse=True)
@@ -177,7 +177,7 @@ def test_model_blocks_refuse_derived_options():
 
 def test_paper_sizes():
     """The paper configuration builds on the meta device with the sizes DESIGN states."""
-    paper = yaml.safe_load(open("configs/model/one2345_paper.yaml"))["init_args"]
+    paper = load_model_block(MODEL_DIR / "one2345_paper.yaml").init_args
     with torch.device("meta"):
         net = One2345(*(paper[k] for k in ("features", "cost_volume", "sparse_cnn", "sdf", "colour", "renderer")))
     assert net.features.out_channels == 56 and net.geometry.in_channels == 112

@@ -3,7 +3,8 @@ import os
 
 import pytest
 
-from render_farm.config import CONFIG_DIR, load_config
+from configs import RENDER_DIR as CONFIG_DIR
+from render_farm.config import load_render_config
 from render_farm.cli import build_parser
 
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
@@ -15,14 +16,14 @@ def test_there_are_render_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_every_render_config_parses_and_validates(path):
-    cfg = load_config(path)
+    cfg = load_render_config(path)
     settings = cfg.blender_settings(threads=2)
     assert settings["samples"] == cfg.samples and settings["threads"] == 2
     assert cfg.resolution * cfg.depth_scale > 0
 
 
 def test_flags_override_the_yaml_and_none_keeps_it():
-    cfg = load_config(os.path.join(CONFIG_DIR, "tiny.yaml"), samples=3, resolution=None)
+    cfg = load_render_config(os.path.join(CONFIG_DIR, "tiny.yaml"), samples=3, resolution=None)
     assert cfg.samples == 3 and cfg.resolution == 64
 
 
@@ -30,12 +31,12 @@ def test_unknown_keys_and_bad_values_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("samplez: 3\n")
     with pytest.raises(ValueError, match=r"bad.yaml.*samplez"):
-        load_config(str(bad))
+        load_render_config(str(bad))
     bad.write_text("rig: lrm64\nsamples: 0\n")
     with pytest.raises(ValueError, match=r"rig 'lrm64'.*samples must be positive"):
-        load_config(str(bad))
+        load_render_config(str(bad))
     with pytest.raises(FileNotFoundError, match="configs/render"):
-        load_config(str(tmp_path / "missing.yaml"))
+        load_render_config(str(tmp_path / "missing.yaml"))
 
 
 def test_cli_parses_the_documented_commands():
