@@ -17,28 +17,31 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Optional
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import grad_norm, rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info
 
 from geometry.mesh import marching_cubes, query_grid, save_mesh
-from geometry.raster import render_turntable, write_turntable
+from geometry.raster import render_turntable
 from geometry.rays import canonical_to_world, canonicalize_cameras
+from lightning_modules.base import ReconstructionModule
 from lightning_modules.callbacks import image_grid
 from lightning_modules.ema import EMA
 from lightning_modules.losses import LPIPSLoss, cosine_with_warmup, psnr, triplane_tv
 from lightning_modules.networks.lrm.model import LRM
+from lightning_modules.prediction import Prediction
 
 log = logging.getLogger(__name__)
 NO_DECAY = ("bias", "norm", "pos_embed", "cls_token")
 
 
-class LRMModule(L.LightningModule):
+class LRMModule(ReconstructionModule):
+    # mesh and prediction settings: chosen per run, not part of the trained model (lightning_modules.base)
+    RUNTIME = (*ReconstructionModule.RUNTIME, "mesh_level", "turntable", "turntable_frames", "turntable_size")
+
     def __init__(self,
                  # architecture (each a config block of lightning_modules.networks.lrm; defaults = the paper)
                  encoder: Optional[dict] = None, transformer: Optional[dict] = None, field: Optional[dict] = None,
@@ -56,25 +59,20 @@ class LRMModule(L.LightningModule):
                  predict_dir: str = "predictions", turntable: Optional[str] = "gif", turntable_frames: int = 36,
                  turntable_size: int = 256):
         super().__init__()
-        # mesh and prediction settings are run-time choices, not part of the trained model: kept out of the
-        # checkpoint's hparams so `lift3d predict --ckpt_path ... --model.init_args.predict_dir ...` is obeyed
-        # (LightningCLI re-applies a checkpoint's hparams over the command line)
-        self.save_hyperparameters(ignore=["mesh_resolution", "mesh_level", "mesh_format", "predict_dir", "turntable",
-                                          "turntable_frames", "turntable_size"])
-        self.mesh_resolution, self.mesh_level, self.mesh_format = mesh_resolution, mesh_level, mesh_format
-        self.predict_dir = predict_dir
-        if turntable not in (None, "none", "gif", "mp4"):
-            raise ValueError(f"turntable {turntable!r}: expected gif, mp4, or none (no turntable)")
-        for name, value, least in (("turntable_frames", turntable_frames, 1), ("turntable_size", turntable_size, 8)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-        self.turntable = None if turntable == "none" else turntable
-        self.turntable_frames, self.turntable_size = turntable_frames, turntable_size
+        self.save_settings()  # hparams (checkpointed) and RUNTIME settings (attributes)
         self.net = LRM(encoder, transformer, field, renderer, camera_dim)
         self.lpips = LPIPSLoss(lpips_weights, lpips_pretrained) if lpips_weight > 0 else None
         self.ema = EMA(self.net, ema_decay) if ema_decay else None
-        if mesh_format not in ("glb", "obj", "ply"):
-            raise ValueError(f"mesh_format {mesh_format!r}: expected glb, obj or ply")
+
+    def check_runtime(self, name: str, value):
+        if name == "turntable":
+            if value not in (None, "none", "gif", "mp4"):
+                raise ValueError(f"turntable {value!r}: expected gif, mp4, or none (no turntable)")
+            return None if value == "none" else value
+        for setting, least in (("turntable_frames", 1), ("turntable_size", 8)):
+            if name == setting and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        return super().check_runtime(name, value)
 
     @property
     def tokens_per_sample(self) -> int:
@@ -121,33 +119,15 @@ class LRMModule(L.LightningModule):
         return terms
 
     # --- training ---------------------------------------------------------------------------------------------
-    def _seed_step(self) -> None:
-        """Ray-sampling noise that depends on (seed, step, rank) only: resumed runs repeat it exactly."""
-        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self._seed_step()
+        self.seed_step()
         out, planes, scale = self.forward_views(batch, stratified=self.hparams.stratified)
-        terms = self.losses(batch, out, planes, scale)
-        loss, bs = terms["loss"], batch["input_image"].shape[0]
-        # the loss is averaged over ranks (one scalar all-reduce: the curve of the global batch); the other terms
-        # are rank zero's
-        self.log("train/loss", terms.pop("loss").detach(), prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
-        return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        norms = grad_norm(self.net, norm_type=2)
-        if "grad_2.0_norm_total" in norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"], batch_size=1)
+        return self.log_train_terms(self.losses(batch, out, planes, scale), batch["input_image"].shape[0])
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:  # here, not in on_train_batch_end: checkpoint callbacks run before that hook
             self.ema.update(self.net)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -179,19 +159,13 @@ class LRMModule(L.LightningModule):
         """Context: the EMA weights when there are any, else the trained ones."""
         return self.ema.swapped_in(self.net) if self.ema is not None else contextlib.nullcontext(self.net)
 
-    def _evaluate(self, batch: dict, stage: str) -> None:
+    def evaluate_batch(self, batch: dict, stage: str) -> None:
         """Losses and PSNR of the target views rendered without ray jitter, with the evaluation weights."""
         with self.eval_weights():
             out, planes, scale = self.forward_views(batch, stratified=False)
             terms = self.losses(batch, out, planes, scale)
         self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=batch["input_image"].shape[0],
                       sync_dist=True)
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
 
     # --- visuals (lightning_modules.callbacks.VisualLogger) -----------------------------------------------
     @torch.no_grad()
@@ -201,7 +175,7 @@ class LRMModule(L.LightningModule):
         and no ray jitter."""
         mesh = None
         with self.eval_weights():
-            sub = {k: v[:max_samples] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+            sub = self.first_samples(batch, max_samples)
             out, planes, _ = self.forward_views(sub, stratified=False)
             grid = image_grid(sub, out, max_samples)
             if mesh_resolution:
@@ -249,24 +223,19 @@ class LRMModule(L.LightningModule):
             verts = self.to_world(verts, source_c2w).astype(np.float32)
         return save_mesh(path, verts, faces, colours, normalization=normalization)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
-        """Input images (a ``datamodules.images.ImageDataModule`` or shard batch) → meshes in ``predict_dir``, each
-        with a turntable (``<key>.gif``/``.mp4``, the mesh as exported: canonical frame) unless ``turntable`` is off."""
-        paths = []
+    def predict_step(self, batch: dict, batch_idx: int) -> list[Prediction]:
+        """Input images (a ``datamodules.images.ImageDataModule`` or shard batch) → a mesh per object (canonical
+        frame), with its turntable frames unless ``turntable`` is off; ``PredictionWriter`` writes them."""
+        predictions = []
         with self.eval_weights():
             planes, _, _ = self.reconstruct(batch)
             for b, key in enumerate(batch["key"]):
-                path = os.path.join(self.predict_dir, f"{key}.{self.mesh_format}")
                 try:
                     mesh = self.extract_mesh(planes[b:b + 1])
-                    paths.append(self.export_mesh(planes[b:b + 1], path, mesh=mesh))
                 except ValueError as exc:  # an empty density field: say which input, keep going
                     log.warning("no mesh for %s: %s", key, exc)
                     continue
-                rank_zero_info(f"[predict] {key} → {path}")
-                if self.turntable:
-                    spin = os.path.join(self.predict_dir, f"{key}.{self.turntable}")
-                    frames = render_turntable(*mesh, n_frames=self.turntable_frames, size=self.turntable_size,
-                                              device=planes.device)
-                    rank_zero_info(f"[predict] {key} turntable → {write_turntable(spin, frames)}")
-        return paths
+                frames = render_turntable(*mesh, n_frames=self.turntable_frames, size=self.turntable_size,
+                                          device=planes.device) if self.turntable else None
+                predictions.append(Prediction(key, mesh, self.mesh_format, frames, self.turntable))
+        return predictions

@@ -21,31 +21,26 @@ on the CPU this module runs fit, validation and prediction with one intra-op thr
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 from typing import Optional
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from lightning.pytorch.utilities import grad_norm, rank_zero_info
-from PIL import Image
+from lightning.pytorch.utilities import rank_zero_info
 
-from geometry.mesh import marching_cubes, query_grid, save_mesh
+from geometry.mesh import marching_cubes, query_grid
 from geometry.rays import camera_rays
+from lightning_modules.base import ReconstructionModule
 from lightning_modules.callbacks import image_grid
 from lightning_modules.losses import psnr, step_decay_with_warmup
 from lightning_modules.networks.one2345.model import One2345, Scene
 from lightning_modules.networks.one2345.renderer import eikonal_loss
+from lightning_modules.one2345_inference import One2345Views
+from lightning_modules.prediction import Prediction
 
 log = logging.getLogger(__name__)
-# settings of a run, not of the trained model: kept out of checkpoints (LightningCLI re-applies a checkpoint's hparams
-# over the command line, which would override `lift3d predict --model.init_args.predict_dir ...`)
-RUNTIME = ("mesh_resolution", "mesh_format", "predict_dir", "zero123_weights", "zero123_steps",
-           "zero123_guidance_scale", "zero123_dtype", "elevation_deg", "source_size")
 
 
 def sample_pixels(masks: torch.Tensor, num_rays: int, foreground_fraction: float) -> torch.Tensor:
@@ -75,7 +70,11 @@ def plain(batch: dict) -> dict:
     return {k: v.clone() if isinstance(v, torch.Tensor) and v.is_inference() else v for k, v in batch.items()}
 
 
-class One2345Module(L.LightningModule):
+class One2345Module(ReconstructionModule):
+    # mesh, prediction and single-image settings: chosen per run, not part of the trained model (lightning_modules.base)
+    RUNTIME = (*ReconstructionModule.RUNTIME, "zero123_weights", "zero123_steps", "zero123_guidance_scale",
+               "zero123_dtype", "elevation_deg", "source_size")
+
     def __init__(self,
                  # architecture (each a config block of lightning_modules.networks.one2345; defaults = the paper)
                  features: Optional[dict] = None, cost_volume: Optional[dict] = None,
@@ -95,17 +94,11 @@ class One2345Module(L.LightningModule):
                  zero123_guidance_scale: float = 3.0, zero123_dtype: str = "float32",
                  elevation_deg: Optional[float] = None, source_size: int = 256):
         super().__init__()
-        self.save_hyperparameters(ignore=list(RUNTIME))
-        if mesh_format not in ("glb", "obj", "ply"):
-            raise ValueError(f"mesh_format {mesh_format!r}: expected glb, obj or ply")
+        self.save_settings()  # hparams (checkpointed) and RUNTIME settings (attributes)
         if num_rays < 1 or not 0.0 <= foreground_fraction <= 1.0:
             raise ValueError(f"num_rays must be >= 1 and foreground_fraction in [0, 1], got {num_rays!r}, "
                              f"{foreground_fraction!r}")
-        self.mesh_resolution, self.mesh_format, self.predict_dir = mesh_resolution, mesh_format, predict_dir
-        self.single_image = dict(zero123_weights=zero123_weights, zero123_steps=zero123_steps,
-                                 zero123_guidance_scale=zero123_guidance_scale, zero123_dtype=zero123_dtype,
-                                 elevation_deg=elevation_deg, source_size=source_size)
-        self._views = None  # One2345Views, built on the first single-image prediction
+        self._views: Optional[One2345Views] = None  # the single-image front end, loaded by the first image batch
         self.net = One2345(features, cost_volume, sparse_cnn, sdf, colour, renderer)
         self._threads: Optional[int] = None
 
@@ -123,7 +116,11 @@ class One2345Module(L.LightningModule):
             self._threads = None
 
     on_fit_start = on_validation_start = on_predict_start = on_test_start = _pin_threads
-    on_fit_end = on_predict_end = on_test_end = _restore_threads
+    on_fit_end = on_test_end = _restore_threads
+
+    def on_predict_end(self) -> None:
+        self._restore_threads()
+        self._views = None  # Zero123's weights are freed with the prediction run
 
     def on_validation_end(self) -> None:
         if self.trainer.state.fn != "fit":  # inside fit the count stays pinned until on_fit_end
@@ -179,30 +176,16 @@ class One2345Module(L.LightningModule):
         return terms
 
     # --- training ------------------------------------------------------------------------------------------
-    def _seed_step(self) -> None:
-        """Ray sampling and jitter depend on (seed, step, rank) only: resumed runs repeat them exactly."""
-        torch.manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 1009 + self.global_rank)
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        self._seed_step()
+        self.seed_step()
         scene = self.encode(batch)
         rays = self.target_rays(batch, self.hparams.num_rays)
         out = self.net.render_rays(scene, rays["origins"], rays["dirs"], batch["background"].float(),
                                    stratified=self.hparams.stratified, cos_anneal_ratio=self.cos_anneal_ratio())
-        terms = self.losses(scene, rays, out)
-        loss, bs = terms.pop("loss"), batch["source_images"].shape[0]
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs, sync_dist=True)
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, batch_size=bs)
+        bs = batch["source_images"].shape[0]
+        loss = self.log_train_terms(self.losses(scene, rays, out), bs)
         self.log("train/active_voxels", float(scene.active_voxels) / bs, batch_size=bs)
         return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        norms = grad_norm(self.net, norm_type=2)
-        if "grad_2.0_norm_total" in norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"], batch_size=1)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -220,7 +203,7 @@ class One2345Module(L.LightningModule):
                               batch["background"].float())
         return out, scene
 
-    def _evaluate(self, batch: dict, stage: str) -> None:
+    def evaluate_batch(self, batch: dict, stage: str) -> None:
         with autograd_on():  # SDF gradients (normals) need autograd; nothing is backpropagated
             batch = plain(batch)
             out, _ = self.render_target(batch)
@@ -236,17 +219,11 @@ class One2345Module(L.LightningModule):
                  "depth_l1": ((out["depth"] - gt_depth).abs() * surface).sum() / surface.sum().clamp(min=1)}
         self.log_dict({f"{stage}/{k}": v for k, v in terms.items()}, batch_size=target.shape[0], sync_dist=True)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
     # --- visuals (lightning_modules.callbacks.VisualLogger) -----------------------------------------------
     def visuals(self, batch: dict, max_samples: int = 4, mesh_resolution: int = 0
                 ) -> tuple[np.ndarray, Optional[tuple], str]:
         """(image grid, mesh of the first object or None, caption) of a batch, for the VisualLogger."""
-        sub = {k: v[:max_samples] if isinstance(v, (torch.Tensor, list)) else v for k, v in batch.items()}
+        sub = self.first_samples(batch, max_samples)
         with autograd_on():
             out, scene = self.render_target(plain(sub))
             out = {k: v.detach() for k, v in out.items()}
@@ -277,65 +254,44 @@ class One2345Module(L.LightningModule):
         colours = torch.cat([self.net.colour(scene, c) for c in v.split(1 << 14)]).cpu().numpy()
         return verts, faces, colours
 
-    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+    def predict_step(self, batch: dict, batch_idx: int) -> list[Prediction]:
         """Shard batches (``One2345DataModule.predict_dataloader``: posed source views) or image batches
         (``datamodules.images.ImageDataModule``: one image per object, made into 40 posed views by Zero123 first —
-        ``lightning_modules.one2345_inference``) → one mesh per object in ``predict_dir``, in the sources' world
-        frame. Single images also get ``<key>.views.png`` (the 40 sources) and ``<key>.json`` (the elevation used)."""
+        ``lightning_modules.one2345_inference``) → one mesh per object, in the sources' world frame
+        (``PredictionWriter`` writes them). Single images also give the 40 sources and the elevation used."""
         if "source_images" not in batch:
-            return self._predict_images(batch)
+            return [self._predict_image(batch["input_image"][b], key) for b, key in enumerate(batch["key"])]
         with autograd_on():  # vertex colours look along the SDF's normals
             batch = plain(batch)
             scene = self.encode(batch)
-            return [p for b, key in enumerate(batch["key"]) if (p := self._save_mesh(scene.select(b), key))]
+            meshes = [(key, self._mesh_or_none(scene.select(b), key)) for b, key in enumerate(batch["key"])]
+        return [Prediction(key, mesh, self.mesh_format) for key, mesh in meshes if mesh is not None]
 
-    def _save_mesh(self, scene: Scene, key: str) -> Optional[str]:
-        path = os.path.join(self.predict_dir, f"{key}.{self.mesh_format}")
+    def _mesh_or_none(self, scene: Scene, key: str) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         try:
-            verts, faces, colours = self.extract_mesh(scene)
+            return self.extract_mesh(scene)
         except ValueError as exc:  # no zero crossing: say which object, keep going
             log.warning("no mesh for %s: %s", key, exc)
             return None
-        save_mesh(path, verts, faces, colours)
-        rank_zero_info(f"[predict] {key} → {path}")
-        return path
 
-    def source_views(self):
-        """The single-image front end (``One2345Views``), with Zero123 loaded from ``zero123_weights`` once."""
+    def source_views(self) -> One2345Views:
+        """The single-image front end, with Zero123 loaded from ``zero123_weights`` by its first use in a run."""
         if self._views is None:
-            from lightning_modules.one2345_inference import One2345Views
-            from render_farm.zero123 import Zero123Pipeline
-
-            cfg = self.single_image
-            if not cfg["zero123_weights"]:
-                raise ValueError("One-2-3-45 from images needs Zero123: set --model.init_args.zero123_weights to a "
-                                 "local diffusers Zero123 checkpoint directory (e.g. zero123-xl), or predict from "
-                                 "shards that hold source views (One2345DataModule)")
-            pipe = Zero123Pipeline.from_pretrained(cfg["zero123_weights"], device=str(self.device),
-                                                   dtype=cfg["zero123_dtype"])
-            self._views = One2345Views(pipe, steps=cfg["zero123_steps"], guidance_scale=cfg["zero123_guidance_scale"],
-                                       source_size=cfg["source_size"], elevation_deg=cfg["elevation_deg"],
-                                       seed=self.hparams.seed)
+            self._views = One2345Views.from_pretrained(
+                self.zero123_weights, device=str(self.device), dtype=self.zero123_dtype, steps=self.zero123_steps,
+                guidance_scale=self.zero123_guidance_scale, source_size=self.source_size,
+                elevation_deg=self.elevation_deg, seed=self.hparams.seed)
         return self._views
 
-    def _predict_images(self, batch: dict) -> list[str]:
-        paths = []
-        for b, key in enumerate(batch["key"]):
-            image = batch["input_image"][b].float().permute(1, 2, 0).cpu().numpy()  # (H, W, 3) over white
-            with autograd_on():
-                views = self.source_views()(image)
-                sources = {"source_images": torch.from_numpy(views.images).permute(0, 3, 1, 2)[None],
-                           "source_c2w": torch.from_numpy(views.c2w)[None], "source_K": torch.from_numpy(views.K)[None]}
-                scene = self.encode({k: v.to(self.device) for k, v in sources.items()})
-                path = self._save_mesh(scene, key)
-            os.makedirs(self.predict_dir, exist_ok=True)
-            sheet = rearrange(views.images, "(r c) h w ch -> (r h) (c w) ch", c=8)  # 5 rows of 8 views
-            Image.fromarray((sheet * 255).round().astype(np.uint8)).save(os.path.join(self.predict_dir,
-                                                                                     f"{key}.views.png"))
-            with open(os.path.join(self.predict_dir, f"{key}.json"), "w") as f:
-                json.dump({"elevation_deg": views.elevation_deg, "elevation": views.elevation_source,
-                           "matches": views.matches, "mesh": path}, f, indent=1)
-            rank_zero_info(f"[predict] {key}: elevation {views.elevation_deg:.1f}° ({views.elevation_source})")
-            if path:
-                paths.append(path)
-        return paths
+    def _predict_image(self, image: torch.Tensor, key: str) -> Prediction:
+        image = image.float().permute(1, 2, 0).cpu().numpy()  # (H, W, 3) over white
+        with autograd_on():
+            views = self.source_views()(image)
+            sources = {"source_images": torch.from_numpy(views.images).permute(0, 3, 1, 2)[None],
+                       "source_c2w": torch.from_numpy(views.c2w)[None], "source_K": torch.from_numpy(views.K)[None]}
+            scene = self.encode({k: v.to(self.device) for k, v in sources.items()})
+            mesh = self._mesh_or_none(scene, key)
+        rank_zero_info(f"[predict] {key}: elevation {views.elevation_deg:.1f}° ({views.elevation_source})")
+        return Prediction(key, mesh, self.mesh_format, views=views.images,
+                          record={"elevation_deg": views.elevation_deg, "elevation": views.elevation_source,
+                                  "matches": views.matches})

@@ -74,6 +74,19 @@ class One2345Views:
         self.source_size, self.elevation_deg = source_size, elevation_deg
         self.radius, self.fov_deg, self.matcher = radius, fov_deg, matcher
 
+    @classmethod
+    def from_pretrained(cls, weights: Optional[str], device: str = "cpu", dtype: str = "float32", **settings
+                        ) -> "One2345Views":
+        """The front end over Zero123 loaded from ``weights`` (a local diffusers checkpoint directory), with
+        ``settings`` as :meth:`__init__` takes them. Imports the diffusers stack only when called."""
+        if not weights:
+            raise ValueError("One-2-3-45 from images needs Zero123: set --model.init_args.zero123_weights to a local "
+                             "diffusers Zero123 checkpoint directory (e.g. zero123-xl), or predict from shards that "
+                             "hold source views (One2345DataModule)")
+        from render_farm.zero123 import Zero123Pipeline
+
+        return cls(Zero123Pipeline.from_pretrained(weights, device=device, dtype=dtype), **settings)
+
     def _predict(self, conditions: np.ndarray, c2w_from: np.ndarray, c2w_to: np.ndarray, first_view: int
                  ) -> np.ndarray:
         """Zero123 predictions (N, S, S, 3) of cameras ``c2w_to`` from images ``conditions`` at ``c2w_from``."""

@@ -51,12 +51,11 @@ class LRMReconstructor:
                                         "checkpoint was trained with (e.g. configs/model/lrm_small.yaml)")
             with open(model_config) as f:
                 init = (yaml.safe_load(f) or {}).get("init_args", {})
-            self.module.mesh_resolution = init.get("mesh_resolution", self.module.mesh_resolution)
-            self.module.mesh_level = init.get("mesh_level", self.module.mesh_level)
+            self.module.set_runtime(**LRMModule.runtime_settings(init))
         if mesh_resolution:
-            self.module.mesh_resolution = mesh_resolution
+            self.module.set_runtime(mesh_resolution=mesh_resolution)
         if mesh_level is not None:
-            self.module.mesh_level = None if mesh_level == "auto" else float(mesh_level)
+            self.module.set_runtime(mesh_level=None if mesh_level == "auto" else float(mesh_level))
         self.device = device
         self.input_size = int(self.module.net.encoder.img_size)
 

@@ -180,6 +180,17 @@ class Lift3dCLI(LightningCLI):
         if preempted and preempted[0].requeue:
             cluster.requeue()
 
+    # ------------------------------------------------------------------------------------------ predict
+    def before_predict(self) -> None:
+        """The files come from a PredictionWriter (the model's ``predict_dir`` unless the config names one); the
+        writer has them, so the Trainer does not also keep every batch's meshes in memory."""
+        from lightning_modules.prediction import PredictionWriter
+
+        if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionWriter())
+        if self.config_init[self.subcommand].get("return_predictions") is None:
+            self.config_init[self.subcommand]["return_predictions"] = False
+
 
 def main(args=None) -> None:
     argv = sys.argv[1:] if args is None else list(args)

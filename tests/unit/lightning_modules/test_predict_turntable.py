@@ -10,6 +10,7 @@ from PIL import Image
 
 from datamodules.images import ImageDataModule
 from lightning_modules.lrm import LRMModule
+from lightning_modules.prediction import PredictionWriter
 from tests.unit.lightning_modules.conftest import tiny_lrm_args
 
 
@@ -19,6 +20,11 @@ def tiny(tmp_path, **kw) -> LRMModule:
     torch.manual_seed(0)
     args = dict(tiny_lrm_args(), lpips_weight=0.0, mesh_resolution=24, mesh_level=None, predict_dir=str(tmp_path))
     return LRMModule(**{**args, **kw}).eval()
+
+
+def predict(module: LRMModule, batch: dict) -> list[str]:
+    """`lift3d predict` on one batch: the module's step, then the writer into its predict_dir; the meshes' paths."""
+    return PredictionWriter().write(module.predict_step(batch, 0), module.predict_dir)
 
 
 def photo_batch(tmp_path) -> dict:
@@ -37,7 +43,7 @@ def photo_batch(tmp_path) -> dict:
 def test_predict_step_writes_a_mesh_and_a_turntable_gif(tmp_path):
     out = tmp_path / "predictions"
     module = tiny(out, turntable="gif", turntable_frames=5, turntable_size=48)
-    paths = module.predict_step(photo_batch(tmp_path), 0)
+    paths = predict(module, photo_batch(tmp_path))
     assert paths == [str(out / "red_ball.glb")]
     mesh = trimesh.load(paths[0], force="mesh")
     assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
@@ -53,7 +59,7 @@ def test_predict_step_writes_a_mesh_and_a_turntable_gif(tmp_path):
 
 def test_predict_step_mp4_and_none(tmp_path):
     batch = photo_batch(tmp_path)
-    tiny(tmp_path / "mp4", turntable="mp4", turntable_frames=4, turntable_size=32).predict_step(batch, 0)
+    predict(tiny(tmp_path / "mp4", turntable="mp4", turntable_frames=4, turntable_size=32), batch)
     cap = cv2.VideoCapture(str(tmp_path / "mp4" / "red_ball.mp4"))
     count = 0
     while cap.read()[0]:
@@ -61,7 +67,7 @@ def test_predict_step_mp4_and_none(tmp_path):
     cap.release()
     assert count == 4
     for off in (None, "none"):
-        tiny(tmp_path / f"off-{off}", turntable=off).predict_step(batch, 0)
+        predict(tiny(tmp_path / f"off-{off}", turntable=off), batch)
         assert sorted(p.name for p in (tmp_path / f"off-{off}").iterdir()) == ["red_ball.glb"]
 
 
@@ -70,7 +76,7 @@ def test_extract_mesh_runs_once_per_object(tmp_path, monkeypatch):
     calls = []
     original = module.extract_mesh
     monkeypatch.setattr(module, "extract_mesh", lambda *a, **k: calls.append(1) or original(*a, **k))
-    module.predict_step(photo_batch(tmp_path), 0)
+    predict(module, photo_batch(tmp_path))
     assert len(calls) == 1
 
 
