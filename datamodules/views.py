@@ -31,8 +31,9 @@ keeps the stored resolution)::
     target_c2w     (N, 4, 4)
     target_K       (N, 3, 3)           pixels of the (resized, cropped) target images
 
-Views kept at their stored size are copied as decoded. Views that are resized are premultiplied by alpha first
-(then divided back), so the colour of fully transparent pixels never bleeds into silhouettes.
+Views kept at their stored size are copied as decoded. Views that are resized follow lift3d's one resampling rule
+(``geometry.image.resize``: area when shrinking, bilinear when enlarging; depth nearest), premultiplied by alpha
+first (then divided back), so the colour of fully transparent pixels never bleeds into silhouettes.
 Camera maths goes through ``geometry.cameras`` only.
 """
 
@@ -48,6 +49,7 @@ from torch.utils.data import default_collate, get_worker_info
 from datamodules.decode import (CorruptSampleError, check_views, decode_bgra, decode_depth_raw, read_cameras,
                                 read_meta, sample_key, view_roles)
 from geometry.cameras import crop_intrinsics, scale_intrinsics
+from geometry.image import resize, resize_nearest
 
 BACKGROUNDS = ("white", "black", "random")
 
@@ -99,16 +101,16 @@ def unpremultiply(pm: np.ndarray) -> np.ndarray:
 
 
 def resize_view(bgra: np.ndarray, depth16, K, size_hw: tuple[int, int]):
-    """Resize straight-alpha colour + alpha (filtered premultiplied: INTER_AREA when shrinking, linear when
-    growing) and depth (nearest, never blended). K follows through ``geometry.cameras.scale_intrinsics``."""
+    """Resize straight-alpha colour + alpha (filtered premultiplied, ``geometry.image.resize``: area when shrinking,
+    bilinear when growing) and depth (``resize_nearest``: never blended). K follows through
+    ``geometry.cameras.scale_intrinsics``."""
     h, w = bgra.shape[:2]
     th, tw = size_hw
     if (th, tw) == (h, w):
         return bgra, depth16, np.asarray(K, np.float64)
-    interp = cv2.INTER_AREA if th <= h and tw <= w else cv2.INTER_LINEAR
-    bgra = unpremultiply(cv2.resize(premultiply(bgra), (tw, th), interpolation=interp))
+    bgra = unpremultiply(resize(premultiply(bgra), th, tw))
     if depth16 is not None:
-        depth16 = cv2.resize(depth16, (tw, th), interpolation=cv2.INTER_NEAREST_EXACT)
+        depth16 = resize_nearest(depth16, th, tw)
     return bgra, depth16, scale_intrinsics(K, tw / w, th / h)
 
 

@@ -11,7 +11,8 @@ Camera frame: OpenCV
 
 Intrinsics
     ``K`` (3×3) is in pixels of the stored image; pixel (u, v) covers [u, u+1) × [v, v+1), so pixel centres sit
-    at integer + 0.5. A camera point (x, y, z) projects to (fx·x/z + cx, fy·y/z + cy).
+    at integer + 0.5. A camera point (x, y, z) projects to ((fx·x + s·y)/z + cx, fy·y/z + cy), s = K[0, 1] the
+    skew (0 for every camera lift3d makes; honoured wherever a point is projected or a pixel unprojected).
 
 Depth
     z-depth along the camera's +z axis (not the ray length).
@@ -19,6 +20,12 @@ Depth
 Blender / OpenGL cameras (x right, y up, z backward) are converted exactly once, at the render-farm boundary:
 ``c2w_cv = c2w_gl @ diag(1, -1, -1, 1)`` (the same matrix converts back). Nothing downstream of render_farm
 sees the OpenGL convention.
+
+Building a camera
+    :func:`spherical_cameras` is the one way lift3d builds cameras from (elevation, azimuth, radius, FOV): a centre
+    from :func:`spherical_to_cartesian` about a target, :func:`look_at` the target with +Z up, and
+    :func:`intrinsics_from_fov`. The rigs (``geometry.rigs``: the render farm, turntables, One-2-3-45's layout),
+    elevation estimation and the canonical LRM camera all go through it.
 
 Functions here accept numpy arrays (batched over leading axes); ``torch`` variants live in ``geometry.rays``.
 """
@@ -121,7 +128,8 @@ def intrinsics_from_blender(lens_mm: float, sensor_width_mm: float, sensor_heigh
 
 
 def scale_intrinsics(K: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """``K`` of the image resized by (sx, sy) (new size / old size). Pixel-centre aware: the image edges map to edges."""
+    """``K`` of the image resized by (sx, sy) (new size / old size). Pixel-centre aware: the image edges map to
+    edges."""
     K = np.array(K, dtype=np.float64, copy=True)
     K[..., 0, :] *= sx
     K[..., 1, :] *= sy
@@ -150,30 +158,67 @@ def backproject_depth(depth: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.n
     mask = depth > 0
     z = depth[mask].astype(np.float64)
     u, v = uv[mask][:, 0], uv[mask][:, 1]
-    x = (u - K[0, 2]) / K[0, 0] * z
-    y = (v - K[1, 2]) / K[1, 1] * z
+    yn = (v - K[1, 2]) / K[1, 1]
+    xn = (u - K[0, 2] - K[0, 1] * yn) / K[0, 0]  # skew honoured
+    x, y = xn * z, yn * z
     cam = np.stack([x, y, z], axis=-1)
     return cam @ c2w[:3, :3].T + c2w[:3, 3]
 
 
 def project_points(points: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel coordinates (N, 2) and z-depths (N,) of world points (N, 3) in an OpenCV camera."""
+    """Pixel coordinates (N, 2) and z-depths (N,) of world points (N, 3) in an OpenCV camera (skew honoured).
+
+    The torch twin, batched over cameras, is ``geometry.rays.project``."""
     w2c = invert_rigid(c2w)
     cam = np.asarray(points, dtype=np.float64) @ w2c[:3, :3].T + w2c[:3, 3]
     z = cam[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        uv = np.stack([K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]], axis=-1)
+        uv = np.stack([(K[0, 0] * cam[:, 0] + K[0, 1] * cam[:, 1]) / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]],
+                      axis=-1)
     return uv, z
 
 
 def spherical_to_cartesian(radius, elevation_deg, azimuth_deg) -> np.ndarray:
-    """Point at ``radius`` with elevation above the XY plane and azimuth measured from -Y (the object's front) towards +X.
+    """Point at ``radius`` with elevation above the XY plane and azimuth measured from -Y (the object's front)
+    towards +X.
 
     The glTF importer turns a model's front (+Z in glTF) into Blender's -Y, so azimuth 0 is a front view.
     """
     el, az = np.radians(elevation_deg), np.radians(azimuth_deg)
     return np.stack([radius * np.cos(el) * np.sin(az), -radius * np.cos(el) * np.cos(az), radius * np.sin(el)],
                     axis=-1)
+
+
+def spherical_c2w(elevation_deg, azimuth_deg, radius, target=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """OpenCV ``c2w`` (…, 4, 4) of cameras at (``elevation_deg``, ``azimuth_deg``, ``radius``) about ``target``
+    (:func:`spherical_to_cartesian`'s angles), each looking at ``target`` with image-up towards +Z (:func:`look_at`).
+
+    The three are broadcast together; scalars give one (4, 4) camera.
+    """
+    el, az, r = np.broadcast_arrays(np.asarray(elevation_deg, np.float64), np.asarray(azimuth_deg, np.float64),
+                                    np.asarray(radius, np.float64))
+    if np.any(r <= 0):
+        raise ValueError(f"spherical_c2w: radius must be positive (the distance from the target), got {r.min()}")
+    target = np.asarray(target, dtype=np.float64).reshape(3)
+    eyes = spherical_to_cartesian(r, el, az) + target
+    c2w = np.stack([look_at(eye, target) for eye in eyes.reshape(-1, 3)])
+    return c2w.reshape(eyes.shape[:-1] + (4, 4))
+
+
+def spherical_cameras(elevation_deg, azimuth_deg, radius, fov_deg, size: int, target=(0.0, 0.0, 0.0)
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The cameras of a rig: ``c2w`` (N, 4, 4) from :func:`spherical_c2w` and ``K`` (N, 3, 3) of square ``size``²
+    images with field of view ``fov_deg`` (:func:`intrinsics_from_fov`). Elevation, azimuth, radius and FOV are
+    broadcast to one value per camera (N of them); float64.
+    """
+    el, az, r, fov = np.broadcast_arrays(*(np.atleast_1d(np.asarray(x, np.float64))
+                                           for x in (elevation_deg, azimuth_deg, radius, fov_deg)))
+    if el.ndim != 1:
+        raise ValueError(f"spherical_cameras: expected scalars or 1-D arrays (one value per camera), got shape "
+                         f"{el.shape}")
+    c2w = spherical_c2w(el, az, r, target)
+    K = np.stack([intrinsics_from_fov(f, int(size), int(size)) for f in fov])
+    return c2w, K
 
 
 def zero123_relative_camera(c2w_cond: np.ndarray, c2w_target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -28,9 +28,9 @@ Why elevation is observable at all
 Gauges and assumptions
     The radius is a gauge: scaling the scene and all camera centres together changes no image, so the error
     does not depend on it (it only sets the scale of triangulated points). The field of view does matter (it is
-    K). Defaults are those of the ``one2345`` rig in ``geometry.rigs`` (radius 2.8, FOV 40° — the Zero123 /
-    One-2-3-45 rendering setup the neighbours are predicted for). The input's azimuth is arbitrary and fixed to
-    0: only elevation is recovered. The 5 images must be in the order of ``offsets``.
+    K). Radius, FOV and the neighbour offsets default to One-2-3-45's layout, defined once in ``geometry.rigs``
+    (radius 2.8, FOV 40° — the Zero123 rendering setup the neighbours are predicted for). The input's azimuth is
+    arbitrary and fixed to 0: only elevation is recovered. The 5 images must be in the order of ``offsets``.
 
 Score
     Each match is triangulated with its pair's hypothesised cameras (DLT, then Gauss-Newton on the pixel error, so
@@ -56,18 +56,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from geometry.cameras import (
-    intrinsics_from_fov,
-    invert_rigid,
-    look_at,
-    spherical_to_cartesian,
-)
+from geometry.cameras import invert_rigid, spherical_cameras
+from geometry.rigs import NEIGHBOUR_OFFSETS, ONE2345_FOV_DEG, ONE2345_RADIUS, with_neighbours
 
-#: (elevation, azimuth) offsets in degrees of One-2-3-45's 4 neighbour views, in order (as ``geometry.rigs.one2345``).
-NEIGHBOUR_OFFSETS = ((10.0, 0.0), (-10.0, 0.0), (0.0, 10.0), (0.0, -10.0))
-#: One-2-3-45 / Zero123 camera setup, as the ``one2345`` rig renders it.
-DEFAULT_RADIUS = 2.8
-DEFAULT_FOV_DEG = 40.0
 #: Coarse grid of candidate elevations (degrees): covers Zero123's training range with a margin.
 DEFAULT_CANDIDATES = np.arange(-30.0, 61.0, 2.0)
 #: Robust loss in pixels of a 256² image (scaled with the image size): quadratic below HUBER_PX, linear above,
@@ -79,24 +70,22 @@ MIN_MATCHES = 30
 
 
 # ---------------------------------------------------------------------------------------------------- cameras
-def neighbour_cameras(elevation_deg: float, radius: float = DEFAULT_RADIUS, fov_deg: float = DEFAULT_FOV_DEG,
+def neighbour_cameras(elevation_deg: float, radius: float = ONE2345_RADIUS, fov_deg: float = ONE2345_FOV_DEG,
                       size: int = 256, offsets=NEIGHBOUR_OFFSETS) -> tuple[np.ndarray, np.ndarray]:
     """``c2w`` (1 + len(offsets), 4, 4) and ``K`` (3, 3) of the input at (θ, 0°) and its neighbours at θ + offsets.
 
-    View 0 is the input; view k ≥ 1 is at (elevation_deg + offsets[k-1][0], offsets[k-1][1]). All cameras sit at
-    ``radius`` looking at the origin, world +Z up, square ``size``² images with ``fov_deg`` across.
+    View 0 is the input; view k ≥ 1 is at (elevation_deg + offsets[k-1][0], offsets[k-1][1]) — One-2-3-45's layout
+    (``geometry.rigs.with_neighbours``) for one view. All cameras sit at ``radius`` looking at the origin, world +Z
+    up, square ``size``² images with ``fov_deg`` across.
     """
     if not radius > 0:
         raise ValueError(f"neighbour_cameras: radius must be positive, got {radius}")
-    offsets = np.asarray(offsets, dtype=np.float64).reshape(-1, 2)
-    el = np.concatenate([[float(elevation_deg)], float(elevation_deg) + offsets[:, 0]])
-    az = np.concatenate([[0.0], offsets[:, 1]])
+    el, az, _ = with_neighbours([float(elevation_deg)], [0.0], np.asarray(offsets, dtype=np.float64).reshape(-1, 2))
     if np.any(np.abs(el) >= 90.0):
         raise ValueError(f"neighbour_cameras: elevations {el.tolist()} reach a pole (|elevation| ≥ 90°); use an "
                          "input elevation within ±(90° − the largest elevation offset)")
-    centres = spherical_to_cartesian(np.full(len(el), float(radius)), el, az)
-    c2w = np.stack([look_at(c) for c in centres])
-    return c2w, intrinsics_from_fov(fov_deg, int(size), int(size))
+    c2w, K = spherical_cameras(el, az, float(radius), fov_deg, int(size))
+    return c2w, K[0]
 
 
 # ---------------------------------------------------------------------------------------------------- matching
@@ -403,7 +392,7 @@ def _informative(pairs, offsets) -> list[bool]:
     return [az[i] != az[j] for i, j in pairs]
 
 
-def estimate_elevation(images, masks=None, radius: float = DEFAULT_RADIUS, fov_deg: float = DEFAULT_FOV_DEG,
+def estimate_elevation(images, masks=None, radius: float = ONE2345_RADIUS, fov_deg: float = ONE2345_FOV_DEG,
                        matcher=None, candidates=DEFAULT_CANDIDATES, refine: bool = True,
                        offsets=NEIGHBOUR_OFFSETS, matches: Matches | None = None, size: int | None = None,
                        min_matches: int = MIN_MATCHES) -> EstimateResult:
@@ -464,9 +453,6 @@ def estimate_elevation(images, masks=None, radius: float = DEFAULT_RADIUS, fov_d
 
 __all__ = [
     "DEFAULT_CANDIDATES",
-    "DEFAULT_FOV_DEG",
-    "DEFAULT_RADIUS",
-    "NEIGHBOUR_OFFSETS",
     "EstimateResult",
     "LoFTRMatcher",
     "Matches",

@@ -6,9 +6,9 @@ Conventions (``geometry.cameras`` states them): ``c2w`` is an OpenCV camera-to-w
 ``K`` is in pixels, pixel (u, v) covers [u, u+1) × [v, v+1) and is *sampled at its centre* (u + 0.5, v + 0.5); depth
 is z-depth along the camera's +z axis. World +Z is up.
 
-How :func:`render_mesh` works
+How :func:`render_mesh` works — set-up (``_scene``), projection, visibility (``_visibility``), shading (``_shade``)
 
-1. Vertices go to the camera frame and are projected with ``K`` (float64).
+1. Vertices go to the camera frame and are projected with ``K`` (float64, ``geometry.rays.project``).
 2. **Near-plane culling**: a face with any vertex at camera z ≤ ``near`` is dropped whole (no clipping). Meshes
    seen from outside, as in a turntable, lose nothing; a face that crosses the camera plane would otherwise
    project to a nonsensical, inverted triangle.
@@ -31,28 +31,26 @@ How :func:`render_mesh` works
    towards the scene, so faces seen head-on keep their colour); ``"flat"`` — the same lighting on one colour per
    face (the mean of its vertex colours): a faceted look; ``"none"`` — interpolated vertex colours, unlit.
 
-Turntables: :func:`turntable_cameras` orbits a camera about the world Z axis (through ``target``) at a fixed
-elevation, starting at azimuth 0 (the front view, on −Y, as ``geometry.cameras.spherical_to_cartesian``);
-:func:`render_turntable` frames a mesh automatically (bounding-box centre, a radius that fits its bounding sphere in
-the field of view); :func:`write_turntable` writes a looping GIF (Pillow via imageio) or an MP4 (imageio-ffmpeg's
-H.264 when that package is installed, else OpenCV's ``mp4v`` MPEG-4 Part 2 writer, which ships with
-opencv-python-headless but that browsers do not play).
+Turntables: :func:`turntable_cameras` is one ring of the ``orbit`` rig (``geometry.rigs``) about the world Z axis
+through ``target`` at a fixed elevation, starting at azimuth 0 (the front view, on −Y, as
+``geometry.cameras.spherical_to_cartesian``); :func:`render_turntable` frames a mesh automatically (bounding-box
+centre, a radius that fits its bounding sphere in the field of view). ``geometry.image.write_turntable`` writes the
+frames as a looping GIF or an MP4.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from geometry.cameras import intrinsics_from_fov, look_at, spherical_to_cartesian
-from geometry.rays import invert_rigid
+from geometry.image import write_turntable  # noqa: F401  (its home is geometry.image; kept importable from here)
+from geometry.rays import project
+from geometry.rigs import orbit
 
 SHADINGS = ("lambert", "flat", "none")
-TURNTABLE_FORMATS = (".gif", ".mp4")
 DEFAULT_COLOUR = 0.8  # light grey for meshes without vertex colours
 AMBIENT = 0.3
 _EMPTY = torch.iinfo(torch.int64).max
@@ -112,6 +110,43 @@ def _check_camera(c2w: torch.Tensor, K: torch.Tensor, height, width) -> None:
             raise ValueError(f"{name} must be a positive number of pixels, got {n!r}")
 
 
+class _Scene(NamedTuple):
+    """render_mesh's inputs, checked and on one device: float64 geometry, int64 faces, (V, 3) colours in [0, 1]."""
+
+    verts: torch.Tensor
+    faces: torch.Tensor
+    colours: torch.Tensor
+    c2w: torch.Tensor
+    K: torch.Tensor
+    background: torch.Tensor
+    height: int
+    width: int
+
+
+def _scene(verts, faces, colors, c2w, K, height, width, background, shading: str, near: float) -> _Scene:
+    """Check render_mesh's arguments (errors name the bad value) and bring them to the vertices' device."""
+    if shading not in SHADINGS:
+        raise ValueError(f"shading {shading!r}: expected one of {', '.join(SHADINGS)}")
+    if not near > 0:
+        raise ValueError(f"near must be a positive camera-space depth, got {near!r}")
+    device = verts.device if isinstance(verts, torch.Tensor) else torch.device("cpu")
+    v = _tensor(verts, torch.float64, device)
+    f = _tensor(faces, torch.int64, device)
+    cam2world, intrinsics = _tensor(c2w, torch.float64, device), _tensor(K, torch.float64, device)
+    _check_camera(cam2world, intrinsics, height, width)
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise ValueError(f"verts must have shape (V, 3), got {tuple(v.shape)}")
+    if f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"faces must have shape (F, 3) (triangles), got {tuple(f.shape)}")
+    if f.numel() and (f.min() < 0 or f.max() >= len(v)):
+        raise ValueError(f"faces index vertices {int(f.min())}..{int(f.max())} but there are {len(v)} vertices")
+    col = _colours(colors, len(v), device)
+    bg = _tensor(background, torch.float64, device).reshape(-1)
+    if bg.shape != (3,):
+        raise ValueError(f"background must be an RGB triple in [0, 1], got {background!r}")
+    return _Scene(v, f, col, cam2world, intrinsics, bg, int(height), int(width))
+
+
 @torch.no_grad()
 def render_mesh(verts: ArrayLike, faces: ArrayLike, colors: Optional[ArrayLike], c2w: ArrayLike, K: ArrayLike,
                 height: int, width: int, background: Sequence[float] = (1.0, 1.0, 1.0), shading: str = "lambert",
@@ -138,39 +173,26 @@ def render_mesh(verts: ArrayLike, faces: ArrayLike, colors: Optional[ArrayLike],
         (1 where a face covers the pixel centre, else 0), ``depth`` (H, W) float32 z-depth (0 where empty) and
         ``face_id`` (H, W) int64 (the visible face's index into ``faces``, −1 where empty).
     """
-    if shading not in SHADINGS:
-        raise ValueError(f"shading {shading!r}: expected one of {', '.join(SHADINGS)}")
-    if not near > 0:
-        raise ValueError(f"near must be a positive camera-space depth, got {near!r}")
-    device = verts.device if isinstance(verts, torch.Tensor) else torch.device("cpu")
-    f64 = torch.float64
-    v = _tensor(verts, f64, device)
-    f = _tensor(faces, torch.int64, device)
-    cam2world, K = _tensor(c2w, f64, device), _tensor(K, f64, device)
-    _check_camera(cam2world, K, height, width)
-    H, W = int(height), int(width)
-    if v.ndim != 2 or v.shape[1] != 3:
-        raise ValueError(f"verts must have shape (V, 3), got {tuple(v.shape)}")
-    if f.ndim != 2 or f.shape[1] != 3:
-        raise ValueError(f"faces must have shape (F, 3) (triangles), got {tuple(f.shape)}")
-    if f.numel() and (f.min() < 0 or f.max() >= len(v)):
-        raise ValueError(f"faces index vertices {int(f.min())}..{int(f.max())} but there are {len(v)} vertices")
-    col = _colours(colors, len(v), device)
-    bg = _tensor(background, f64, device).reshape(-1)
-    if bg.shape != (3,):
-        raise ValueError(f"background must be an RGB triple in [0, 1], got {background!r}")
-
-    # 1. camera frame and projection
-    w2c = invert_rigid(cam2world)
-    cam = v @ w2c[:3, :3].T + w2c[:3, 3]
-    z = cam[:, 2]
-    zs = torch.where(z > near, z, torch.ones_like(z))  # culled faces use these; keep the division finite
-    uv = torch.stack([(K[0, 0] * cam[:, 0] + K[0, 1] * cam[:, 1]) / zs + K[0, 2],
-                      K[1, 1] * cam[:, 1] / zs + K[1, 2]], dim=-1)
-
-    # 2. faces that can cover a pixel centre: in front of the near plane, not degenerate, box inside the image
-    tri_uv, tri_z = uv[f], z[f]  # (F, 3, 2), (F, 3)
+    scene = _scene(verts, faces, colors, c2w, K, height, width, background, shading, near)
+    # 1. camera frame and projection (steps 1–2 of the module docstring)
+    uv, z = project(scene.verts, scene.c2w, scene.K, near)
+    tri_uv, tri_z = uv[scene.faces], z[scene.faces]  # (F, 3, 2), (F, 3)
     coef, area2 = _affine_barycentrics(tri_uv)
+    # 2. visibility: the nearest face at every covered pixel centre (steps 3–5)
+    zbuf = _visibility(tri_uv, tri_z, coef, area2, near, scene.height, scene.width, max_candidates)
+    # 3. shading: attributes of each pixel's winning face at its centre (steps 6–7)
+    light = -scene.c2w[:3, 2] if light_dir is None else _tensor(light_dir, torch.float64, scene.verts.device)
+    return _shade(scene, zbuf, coef, tri_z, shading, light.reshape(3), ambient, max(1, max_candidates // 4))
+
+
+def _visibility(tri_uv: torch.Tensor, tri_z: torch.Tensor, coef: torch.Tensor, area2: torch.Tensor, near: float,
+                H: int, W: int, max_candidates: int) -> torch.Tensor:
+    """(H·W,) int64 z-buffer of fragment keys (depth bits << 32 | face index; ``_EMPTY`` where no face covers).
+
+    Faces that can cover a pixel centre (in front of the near plane, not degenerate, box inside the image) are
+    bucketed by the power-of-two size of their pixel box and rasterized bucket by bucket, chunk by chunk.
+    """
+    device = tri_uv.device
     lo = tri_uv.amin(dim=1).clamp(-2.0, max(H, W) + 2.0)
     hi = tri_uv.amax(dim=1).clamp(-2.0, max(H, W) + 2.0)
     x0 = torch.ceil(lo[:, 0] - 0.5).long().clamp(min=0)  # first pixel whose centre is ≥ the box's left side
@@ -180,38 +202,43 @@ def render_mesh(verts: ArrayLike, faces: ArrayLike, colors: Optional[ArrayLike],
     keep = (tri_z > near).all(dim=1) & (area2.abs() > 1e-12) & torch.isfinite(area2) & (x1 >= x0) & (y1 >= y0)
     ids = torch.nonzero(keep).squeeze(1)
     zbuf = torch.full((H * W,), _EMPTY, dtype=torch.int64, device=device)
-    if len(ids):
-        x0, y0, x1, y1 = x0[ids], y0[ids], x1[ids], y1[ids]
-        # barycentrics and inverse depth as affine functions of the offset (dx, dy) from the box's first pixel
-        # centre, float32 (offsets are small integers, so the float32 rounding stays ~1e-7)
-        c = coef[ids]  # (n, 3, 3)
-        start = torch.stack([x0, y0], dim=-1).to(f64) + 0.5  # (n, 2)
-        lin = c[..., 0] * start[:, None, 0] + c[..., 1] * start[:, None, 1] + c[..., 2]  # l_i at the start
-        inv_z = 1.0 / tri_z[ids]  # (n, 3)
-        rows = torch.cat([torch.stack([c[..., 0], c[..., 1], lin], dim=-1),  # l_0..l_2: (n, 3, 3)
-                          torch.stack([(c[..., 0] * inv_z).sum(1), (c[..., 1] * inv_z).sum(1),
-                                       (lin * inv_z).sum(1)], dim=-1)[:, None]], dim=1)  # 1/z: (n, 1, 3)
-        rows = rows.to(torch.float32)  # (n, 4, 3): [d/ddx, d/ddy, value at start] of l0, l1, l2, 1/z
-        bw, bh = x1 - x0 + 1, y1 - y0 + 1
-        lw, lh = _ceil_log2(bw), _ceil_log2(bh)
-        bucket = lw * 64 + lh
-        for key in torch.unique(bucket).tolist():
-            sel = torch.nonzero(bucket == key).squeeze(1)
-            pw, ph = 1 << (key // 64), 1 << (key % 64)
-            per_chunk = max(1, max_candidates // (pw * ph))
-            dy, dx = torch.meshgrid(torch.arange(ph, device=device), torch.arange(pw, device=device), indexing="ij")
-            dx, dy = dx.reshape(-1), dy.reshape(-1)  # (P,)
-            for chunk in sel.split(per_chunk):
-                _rasterize_chunk(chunk, dx, dy, rows, x0, y0, bw, bh, ids, W, zbuf)
+    if not len(ids):
+        return zbuf
+    x0, y0, x1, y1 = x0[ids], y0[ids], x1[ids], y1[ids]
+    # barycentrics and inverse depth as affine functions of the offset (dx, dy) from the box's first pixel
+    # centre, float32 (offsets are small integers, so the float32 rounding stays ~1e-7)
+    c = coef[ids]  # (n, 3, 3)
+    start = torch.stack([x0, y0], dim=-1).to(torch.float64) + 0.5  # (n, 2)
+    lin = c[..., 0] * start[:, None, 0] + c[..., 1] * start[:, None, 1] + c[..., 2]  # l_i at the start
+    inv_z = 1.0 / tri_z[ids]  # (n, 3)
+    rows = torch.cat([torch.stack([c[..., 0], c[..., 1], lin], dim=-1),  # l_0..l_2: (n, 3, 3)
+                      torch.stack([(c[..., 0] * inv_z).sum(1), (c[..., 1] * inv_z).sum(1),
+                                   (lin * inv_z).sum(1)], dim=-1)[:, None]], dim=1)  # 1/z: (n, 1, 3)
+    rows = rows.to(torch.float32)  # (n, 4, 3): [d/ddx, d/ddy, value at start] of l0, l1, l2, 1/z
+    bw, bh = x1 - x0 + 1, y1 - y0 + 1
+    bucket = _ceil_log2(bw) * 64 + _ceil_log2(bh)
+    for key in torch.unique(bucket).tolist():
+        sel = torch.nonzero(bucket == key).squeeze(1)
+        pw, ph = 1 << (key // 64), 1 << (key % 64)
+        per_chunk = max(1, max_candidates // (pw * ph))
+        dy, dx = torch.meshgrid(torch.arange(ph, device=device), torch.arange(pw, device=device), indexing="ij")
+        dx, dy = dx.reshape(-1), dy.reshape(-1)  # (P,)
+        for chunk in sel.split(per_chunk):
+            _rasterize_chunk(chunk, dx, dy, rows, x0, y0, bw, bh, ids, W, zbuf)
+    return zbuf
 
-    # 3. resolve: the winning face of each pixel, attributes at the pixel centre in float64
+
+def _shade(scene: _Scene, zbuf: torch.Tensor, coef: torch.Tensor, tri_z: torch.Tensor, shading: str,
+           light: torch.Tensor, ambient: float, pixels_per_chunk: int) -> dict[str, torch.Tensor]:
+    """render_mesh's images from its z-buffer: per covered pixel, perspective-correct barycentrics of the winning
+    face at the pixel centre (float64), its depth, and its colour shaded as ``shading`` says."""
+    H, W, f64 = scene.height, scene.width, torch.float64
     hit = zbuf != _EMPTY
     face_id = torch.where(hit, zbuf & 0xFFFFFFFF, torch.full_like(zbuf, -1))
-    rgb = bg.to(torch.float32).expand(H * W, 3).clone()
-    depth = torch.zeros(H * W, dtype=torch.float32, device=device)
-    light = -cam2world[:3, 2] if light_dir is None else _tensor(light_dir, f64, device).reshape(3)
+    rgb = scene.background.to(torch.float32).expand(H * W, 3).clone()
+    depth = torch.zeros(H * W, dtype=torch.float32, device=zbuf.device)
     light = light / light.norm().clamp(min=1e-30)
-    for pix in torch.nonzero(hit).squeeze(1).split(max(1, max_candidates // 4)):  # ~400 bytes a pixel
+    for pix in torch.nonzero(hit).squeeze(1).split(pixels_per_chunk):  # ~400 bytes a pixel
         fid = face_id[pix]
         p = torch.stack([(pix % W).to(f64) + 0.5, (pix // W).to(f64) + 0.5], dim=-1)  # pixel centres (n, 2)
         cf = coef[fid]  # (n, 3, 3)
@@ -220,13 +247,13 @@ def render_mesh(verts: ArrayLike, faces: ArrayLike, colors: Optional[ArrayLike],
         inv_depth = w.sum(dim=1)
         bary = w / inv_depth[:, None]  # perspective-correct barycentrics
         depth[pix] = (1.0 / inv_depth).to(torch.float32)
-        vid = f[fid]  # (n, 3)
+        vid = scene.faces[fid]  # (n, 3)
         if shading == "flat":
-            colour = col[vid].mean(dim=1)
+            colour = scene.colours[vid].mean(dim=1)
         else:
-            colour = (bary[..., None] * col[vid]).sum(dim=1)
+            colour = (bary[..., None] * scene.colours[vid]).sum(dim=1)
         if shading != "none":
-            tri = v[vid]  # (n, 3, 3) world
+            tri = scene.verts[vid]  # (n, 3, 3) world
             normal = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=-1)
             normal = normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-30)
             colour = colour * (ambient + (1.0 - ambient) * (normal @ light).abs())[:, None]
@@ -261,7 +288,8 @@ def _rasterize_chunk(chunk, dx, dy, rows, x0, y0, bw, bh, ids, width, zbuf) -> N
 
 def turntable_cameras(n_frames: int = 36, elevation_deg: float = 20.0, radius: float = 2.5, fov_deg: float = 40.0,
                       size: int = 256, target: Sequence[float] = (0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
-    """Cameras orbiting the world Z axis through ``target``: ``(c2w (N, 4, 4), K (3, 3))``, float64 numpy, OpenCV.
+    """Cameras orbiting the world Z axis through ``target`` (``geometry.rigs.orbit``, one ring):
+    ``(c2w (N, 4, 4), K (3, 3))``, float64 numpy, OpenCV.
 
     Frame i sits at azimuth 360°·i/N (0 = the front, on −Y; towards +X next), ``elevation_deg`` above the XY plane
     through ``target``, ``radius`` from it, looking at it with image-up towards +Z; ``K`` is a ``size``² pinhole
@@ -275,12 +303,9 @@ def turntable_cameras(n_frames: int = 36, elevation_deg: float = 20.0, radius: f
         raise ValueError(f"elevation_deg must be in (-90, 90) (an orbit about Z), got {elevation_deg!r}")
     if isinstance(size, bool) or int(size) != size or size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size!r}")
-    target = np.asarray(target, dtype=np.float64).reshape(3)
-    azimuths = 360.0 * np.arange(int(n_frames)) / int(n_frames)
-    eyes = spherical_to_cartesian(np.full_like(azimuths, float(radius)), np.full_like(azimuths, float(elevation_deg)),
-                                  azimuths) + target
-    c2w = np.stack([look_at(eye, target) for eye in eyes])
-    return c2w, intrinsics_from_fov(fov_deg, int(size), int(size))
+    rig = orbit("turntable", int(size), views_per_ring=int(n_frames), elevations=(float(elevation_deg),),
+                radius=float(radius), fov_deg=fov_deg, target=np.asarray(target, dtype=np.float64).reshape(3))
+    return rig.c2w, rig.K[0]
 
 
 def framing(verts: ArrayLike, fov_deg: float = 40.0, margin: float = 1.1) -> tuple[np.ndarray, float]:
@@ -315,60 +340,3 @@ def render_turntable(verts: ArrayLike, faces: ArrayLike, colors: Optional[ArrayL
         rgb = render_mesh(v, faces, colors, cam, K, size, size, background, shading)["rgb"]
         frames.append((rgb * 255.0 + 0.5).clamp(0, 255).to(torch.uint8).cpu().numpy())
     return np.stack(frames)
-
-
-def write_turntable(path: Union[str, os.PathLike], frames: np.ndarray, fps: float = 12.0) -> str:
-    """Write (N, H, W, 3) uint8 frames as a looping animation; the format follows the extension.
-
-    ``.gif``: Pillow through imageio, looping forever, ``1000/fps`` ms a frame (GIF delays are whole centiseconds;
-    Pillow merges consecutive identical frames into one longer frame). ``.mp4``: H.264 (yuv420p) through
-    imageio-ffmpeg (a project dependency), else — where it is missing — OpenCV's ``mp4v`` (MPEG-4 Part 2) writer,
-    which plays in desktop players (VLC, mpv, QuickTime) but not in most browsers. Parent directories are created. Returns ``str(path)``.
-    """
-    path = str(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in TURNTABLE_FORMATS:
-        raise ValueError(f"unsupported turntable extension {ext or '(none)'!r} in {path!r}; use one of "
-                         f"{', '.join(TURNTABLE_FORMATS)}")
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
-        raise ValueError(f"frames must be a non-empty (N, H, W, 3) uint8 array, got {frames.shape} {frames.dtype}")
-    if not fps > 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if ext == ".gif":
-        import imageio.v3 as iio
-
-        iio.imwrite(path, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-    else:
-        _write_mp4(path, frames, fps)
-    return path
-
-
-def _write_mp4(path: str, frames: np.ndarray, fps: float) -> None:
-    n, h, w = frames.shape[:3]
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        imageio_ffmpeg = None
-    if imageio_ffmpeg is not None:
-        if h % 2 or w % 2:  # yuv420p needs even sides: repeat the last row / column
-            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        writer = imageio_ffmpeg.write_frames(path, (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264",
-                                             pix_fmt_out="yuv420p", macro_block_size=1)
-        writer.send(None)  # start the ffmpeg process
-        for frame in frames:
-            writer.send(np.ascontiguousarray(frame))
-        writer.close()
-        return
-    import cv2
-
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV could not open an mp4v video writer for {path!r}; install imageio-ffmpeg "
-                           f"(pip install imageio-ffmpeg) for MP4, or write a .gif")
-    try:
-        for frame in frames:
-            writer.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
-    finally:
-        writer.release()

@@ -1,6 +1,8 @@
-"""Torch side of the camera convention (``geometry.cameras`` states it): rays, ray–box clipping, canonical cameras.
+"""Torch side of the camera convention (``geometry.cameras`` states it): projection, rays, ray–box clipping,
+canonical cameras.
 
-All functions take batched tensors on any device; ``c2w`` is OpenCV camera-to-world (…, 4, 4), ``K`` is in pixels.
+All functions take batched tensors on any device; ``c2w`` is OpenCV camera-to-world (…, 4, 4), ``K`` is in pixels
+(skew ``K[0, 1]`` honoured). :func:`project` is the torch twin of ``geometry.cameras.project_points``.
 
 Ray directions are **not** unit vectors: a ray's direction is ``R @ K⁻¹ (u, v, 1)``, whose camera-frame z is 1, so
 the ray parameter ``t`` of a point *is* its z-depth — rendered depth compares with the shards' z-depth as it is.
@@ -8,10 +10,9 @@ the ray parameter ``t`` of a point *is* its z-depth — rendered depth compares 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from geometry.cameras import look_at, spherical_to_cartesian
+from geometry.cameras import spherical_c2w
 
 
 def pixel_centres(height: int, width: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -25,14 +26,32 @@ def camera_rays(c2w: torch.Tensor, K: torch.Tensor, height: int, width: int) -> 
     """Rays through every pixel centre: origins and directions (…, H, W, 3) for cameras (…, 4, 4) / (…, 3, 3)."""
     uv = pixel_centres(height, width, device=c2w.device, dtype=c2w.dtype)  # (H, W, 2)
     lead = c2w.shape[:-2]
-    fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]
+    fx, fy, skew = K[..., 0, 0, None, None], K[..., 1, 1, None, None], K[..., 0, 1, None, None]
     cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
-    x = (uv[..., 0] - cx) / fx  # (…, H, W)
-    y = (uv[..., 1] - cy) / fy
+    y = (uv[..., 1] - cy) / fy  # (…, H, W)
+    x = (uv[..., 0] - cx - skew * y) / fx
     cam = torch.stack([x, y, torch.ones_like(x)], dim=-1)  # camera-frame direction with z = 1
     dirs = torch.einsum("...ij,...hwj->...hwi", c2w[..., :3, :3], cam)
     origins = c2w[..., None, None, :3, 3].expand(*lead, height, width, 3)
     return origins, dirs
+
+
+def project(points: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, near: float = 1e-3
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates (…, N, 2) and z-depths (…, N) of world points (…, N, 3) in cameras ``c2w`` (…, 4, 4),
+    ``K`` (…, 3, 3); leading dimensions broadcast (points (B, 1, N, 3) with cameras (B, V, 4, 4) → (B, V, N, …)).
+
+    u = (fx·x + s·y)/z + cx, v = fy·y/z + cy in the camera frame (s = K[0, 1], the skew). The division uses z clamped
+    to ``near``, so uv is finite everywhere but means nothing where z ≤ near; callers cull or mask those points.
+    """
+    w2c = invert_rigid(c2w.to(points.dtype))
+    K = K.to(points.dtype)
+    cam = torch.einsum("...ij,...nj->...ni", w2c[..., :3, :3], points) + w2c[..., None, :3, 3]
+    x, y, z = cam.unbind(dim=-1)
+    safe_z = z.clamp(min=near)
+    u = (K[..., 0, 0, None] * x + K[..., 0, 1, None] * y) / safe_z + K[..., 0, 2, None]
+    v = K[..., 1, 1, None] * y / safe_z + K[..., 1, 2, None]
+    return torch.stack([u, v], dim=-1), z
 
 
 def ray_box(origins: torch.Tensor, dirs: torch.Tensor, lo: float = -1.0, hi: float = 1.0,
@@ -53,8 +72,7 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, lo: float = -1.0, hi: flo
 def canonical_c2w(distance: float, dtype=torch.float32, device=None) -> torch.Tensor:
     """The canonical source camera: ``distance`` in front of the object (azimuth 0, elevation 0, i.e. on −Y),
     looking at the origin, image-up = +Z."""
-    c2w = look_at(spherical_to_cartesian(float(distance), 0.0, 0.0))
-    return torch.as_tensor(np.asarray(c2w), dtype=dtype, device=device)
+    return torch.as_tensor(spherical_c2w(0.0, 0.0, float(distance)), dtype=dtype, device=device)
 
 
 def invert_rigid(m: torch.Tensor) -> torch.Tensor:

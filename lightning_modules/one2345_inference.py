@@ -4,7 +4,7 @@ The reconstruction module was trained on 8 views spread around an object plus 4 
 single image the same 40 views are made up by Zero123, which knows only *relative* poses, so the input's absolute
 elevation is estimated first:
 
-    input RGBA ─► over white, at Zero123's size S ─► Zero123: its 4 neighbours at (±10°, 0°), (0°, ±10°)
+    input RGBA ─► over white, resized to Zero123's size S ─► Zero123: its 4 neighbours at (±10°, 0°), (0°, ±10°)
         ─► geometry.elevation.estimate_elevation ─► θ (or ``elevation_deg`` when given; 0° with a warning when the
            predicted neighbours have too few feature matches)
     8 views k = 0..7 at azimuth 45°·k, elevation θ for even k and θ' for odd k (θ' = 30° when θ < 15°, else 0°:
@@ -13,8 +13,12 @@ elevation is estimated first:
     4 neighbours of each view k (its (±10°, 0°), (0°, ±10°) in geometry.rigs.one2345's order), predicted from view k
     ─► 40 sources (8 views, then 4 neighbours per view, as the ``one2345`` rig orders them) at ``source_size``
 
-The world frame is the input camera's: its centre is at (θ, azimuth 0°, ``radius``); the object sits at the origin
-inside [-1, 1]³ (Zero123's and the rig's setup: radius 2.8, FOV 40°). Every prediction is seeded by (seed, view).
+The neighbour offsets and order, the radius and the FOV are One-2-3-45's layout, defined once in ``geometry.rigs``
+(``with_neighbours``); the 40 cameras are built by ``geometry.cameras.spherical_cameras``, and Zero123 is asked for
+their relative cameras (``geometry.cameras.zero123_relative_camera``). The world frame is the input camera's: its
+centre is at (θ, azimuth 0°, ``radius``); the object sits at the origin inside [-1, 1]³ (Zero123's and the rig's
+setup: radius 2.8, FOV 40°). Images are resized by ``geometry.image.resize``. Every prediction is seeded by
+(seed, view).
 """
 
 from __future__ import annotations
@@ -23,32 +27,37 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-import cv2
 import numpy as np
 
-from geometry.cameras import intrinsics_from_fov, look_at, spherical_to_cartesian, zero123_relative_camera
-from geometry.elevation import (DEFAULT_FOV_DEG, DEFAULT_RADIUS, NEIGHBOUR_OFFSETS, estimate_elevation,
-                                neighbour_cameras)
+from geometry.cameras import spherical_cameras, zero123_relative_camera
+from geometry.elevation import estimate_elevation, neighbour_cameras
+from geometry.image import resize
+from geometry.rigs import ONE2345_FOV_DEG, ONE2345_NUM_VIEWS, ONE2345_RADIUS, with_neighbours
 
 log = logging.getLogger(__name__)
-NUM_VIEWS = 8
+NUM_VIEWS = ONE2345_NUM_VIEWS
+
+
+def _views(elevation_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(elevation, azimuth, owners) of the 40 views: the 8 views of the module docstring, then their neighbours."""
+    second = 30.0 if elevation_deg < 15.0 else 0.0
+    el = np.array([elevation_deg if k % 2 == 0 else second for k in range(NUM_VIEWS)])
+    az = np.arange(NUM_VIEWS) * 360.0 / NUM_VIEWS
+    return with_neighbours(el, az)
 
 
 def view_layout(elevation_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """(elevation, azimuth) in degrees of the 40 views: 8 views then 4 neighbours per view (module docstring)."""
-    second = 30.0 if elevation_deg < 15.0 else 0.0
-    el = np.array([elevation_deg if k % 2 == 0 else second for k in range(NUM_VIEWS)])
-    az = np.arange(NUM_VIEWS) * 360.0 / NUM_VIEWS
-    nb = [(e + de, (a + da) % 360.0) for e, a in zip(el, az) for de, da in NEIGHBOUR_OFFSETS]
-    return np.concatenate([el, [e for e, _ in nb]]), np.concatenate([az, [a for _, a in nb]])
+    el, az, _ = _views(elevation_deg)
+    return el, az
 
 
-def layout_cameras(elevation_deg: float, size: int, radius: float = DEFAULT_RADIUS,
-                   fov_deg: float = DEFAULT_FOV_DEG) -> tuple[np.ndarray, np.ndarray]:
+def layout_cameras(elevation_deg: float, size: int, radius: float = ONE2345_RADIUS,
+                   fov_deg: float = ONE2345_FOV_DEG) -> tuple[np.ndarray, np.ndarray]:
     """OpenCV ``c2w`` (40, 4, 4) and ``K`` (40, 3, 3) of :func:`view_layout` for ``size``² images."""
     el, az = view_layout(elevation_deg)
-    c2w = np.stack([look_at(c) for c in spherical_to_cartesian(np.full(len(el), radius), el, az)])
-    return c2w.astype(np.float32), np.stack([intrinsics_from_fov(fov_deg, size, size)] * len(el)).astype(np.float32)
+    c2w, K = spherical_cameras(el, az, radius, fov_deg, size)
+    return c2w.astype(np.float32), K.astype(np.float32)
 
 
 @dataclass
@@ -68,8 +77,8 @@ class One2345Views:
     """Makes :class:`SourceViews` of an image with a Zero123 pipeline (``render_farm.zero123.Zero123Pipeline``)."""
 
     def __init__(self, zero123, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
-                 source_size: int = 256, elevation_deg: Optional[float] = None, radius: float = DEFAULT_RADIUS,
-                 fov_deg: float = DEFAULT_FOV_DEG, matcher=None):
+                 source_size: int = 256, elevation_deg: Optional[float] = None, radius: float = ONE2345_RADIUS,
+                 fov_deg: float = ONE2345_FOV_DEG, matcher=None):
         self.zero123, self.steps, self.guidance_scale, self.seed = zero123, steps, guidance_scale, seed
         self.source_size, self.elevation_deg = source_size, elevation_deg
         self.radius, self.fov_deg, self.matcher = radius, fov_deg, matcher
@@ -115,17 +124,16 @@ class One2345Views:
         """``image``: (H, W, 3) float RGB in [0, 1], composited over white, the object centred and filling it
         as in a render of the ``one2345`` rig."""
         size = self.zero123.image_size
-        image = cv2.resize(np.asarray(image, np.float32), (size, size), interpolation=cv2.INTER_AREA)
+        image = resize(np.asarray(image, np.float32), size, size)
         theta, how, matches = self.elevation(image)
         c2w, _ = layout_cameras(theta, size, self.radius, self.fov_deg)
         views = np.empty((len(c2w), size, size, 3), np.float32)
         views[0] = image
         views[1:NUM_VIEWS] = self._predict(np.repeat(image[None], NUM_VIEWS - 1, axis=0),
                                            np.repeat(c2w[:1], NUM_VIEWS - 1, axis=0), c2w[1:NUM_VIEWS], 1)
-        owners = np.repeat(np.arange(NUM_VIEWS), len(NEIGHBOUR_OFFSETS))  # view k of each neighbour
+        owners = _views(theta)[2]  # view k of each neighbour
         views[NUM_VIEWS:] = self._predict(views[owners], c2w[owners], c2w[NUM_VIEWS:], NUM_VIEWS)
         s = self.source_size
-        sources = np.stack([cv2.resize(v, (s, s), interpolation=cv2.INTER_AREA if s <= size else cv2.INTER_LINEAR)
-                            for v in views])
+        sources = np.stack([resize(v, s, s) for v in views])
         c2w, K = layout_cameras(theta, s, self.radius, self.fov_deg)
         return SourceViews(sources, c2w, K, theta, how, matches)

@@ -38,7 +38,7 @@ from einops import rearrange
 from torch import nn
 
 from geometry.mesh import grid_points
-from geometry.rays import invert_rigid
+from geometry import rays
 
 
 def voxel_grid(resolution: int = 96, bound: float = 1.0, device=None) -> torch.Tensor:
@@ -52,22 +52,18 @@ def voxel_grid(resolution: int = 96, bound: float = 1.0, device=None) -> torch.T
 def project(points: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor, feat_hw: tuple[int, int], stride: float = 1,
             near: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """World points (B, N, 3) through cameras c2w (B, V, 4, 4), K (B, V, 3, 3) (image pixels) into feature maps of
-    size ``feat_hw`` = (h, w) and stride s.
+    size ``feat_hw`` = (h, w) and stride s (``geometry.rays.project``, then / s).
 
     Returns uv (B, V, N, 2) feature-map pixel coordinates (image pixels / s), z (B, V, N) z-depth, and visible
     (B, V, N) bool: z > near and 0 ≤ u < w and 0 ≤ v < h. uv is finite everywhere (z is clamped to ``near`` in the
     division) but means nothing where z ≤ near.
     """
     h, w = feat_hw
-    w2c = invert_rigid(c2w.to(points.dtype))  # (B, V, 4, 4)
-    K = K.to(points.dtype)
-    cam = torch.einsum("bvij,bnj->bvni", w2c[..., :3, :3], points) + w2c[..., None, :3, 3]  # (B, V, N, 3)
-    x, y, z = cam.unbind(dim=-1)  # (B, V, N) each
-    safe_z = z.clamp(min=near)
-    u = (K[..., 0, 0, None] * x / safe_z + K[..., 0, 2, None]) / stride  # (B, V, N)
-    v = (K[..., 1, 1, None] * y / safe_z + K[..., 1, 2, None]) / stride
+    uv, z = rays.project(points[:, None], c2w, K, near)  # image pixels (B, V, N, 2), z-depth (B, V, N)
+    uv = uv / stride
+    u, v = uv.unbind(dim=-1)
     visible = (z > near) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-    return torch.stack([u, v], dim=-1), z, visible
+    return uv, z, visible
 
 
 def sample_features(features: torch.Tensor, uv: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:

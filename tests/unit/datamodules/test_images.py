@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.images import ImageDataModule, extract_foreground
+from datamodules.foreground import extract_foreground
+from datamodules.images import ImageDataModule
 from geometry.cameras import intrinsics_from_fov
 from geometry.rays import canonical_c2w
 

@@ -3,9 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from geometry.cameras import (GL_TO_CV, backproject_depth, crop_intrinsics, fov_from_intrinsics, intrinsics_from_blender,
-                              intrinsics_from_fov, invert_rigid, look_at, opencv_to_opengl, opengl_to_opencv,
-                              project_points, scale_intrinsics, spherical_to_cartesian)
+from geometry.cameras import (GL_TO_CV, backproject_depth, crop_intrinsics, fov_from_intrinsics,
+                              intrinsics_from_blender, intrinsics_from_fov, invert_rigid, look_at, opencv_to_opengl,
+                              opengl_to_opencv, project_points, scale_intrinsics, spherical_c2w, spherical_cameras,
+                              spherical_to_cartesian)
 
 
 @pytest.mark.parametrize("eye", [(0, -3, 0), (2, 1, 1.5), (0.1, 0.0, 4.0), (0, 0, -2.5)])
@@ -76,6 +77,35 @@ def test_backproject_inverts_project():
     v, u = np.nonzero(depth > 0)
     np.testing.assert_allclose(uv, np.stack([u + 0.5, v + 0.5], -1), atol=1e-9)  # pixel centres at +0.5
     np.testing.assert_allclose(z, depth[depth > 0], atol=1e-9)
+
+
+def test_backproject_inverts_project_with_skew():
+    c2w = look_at((0.5, -2.5, 1.0))
+    K = intrinsics_from_fov(45.0, 48, 32)
+    K[0, 1] = 4.0  # a skewed camera: u = (fx·x + s·y)/z + cx
+    depth = np.random.default_rng(1).uniform(1.0, 3.0, size=(32, 48))
+    pts = backproject_depth(depth, K, c2w)
+    uv, _ = project_points(pts, K, c2w)
+    v, u = np.nonzero(depth > 0)
+    np.testing.assert_allclose(uv, np.stack([u + 0.5, v + 0.5], -1), atol=1e-9)
+    cam = pts @ invert_rigid(c2w)[:3, :3].T + invert_rigid(c2w)[:3, 3]
+    np.testing.assert_allclose(uv[:, 0], (K[0, 0] * cam[:, 0] + 4.0 * cam[:, 1]) / cam[:, 2] + K[0, 2], atol=1e-9)
+
+
+def test_spherical_cameras_sit_on_the_sphere_and_look_at_the_target():
+    target = np.array([0.2, -0.1, 0.4])
+    c2w, K = spherical_cameras([0.0, 30.0, -20.0], [0.0, 90.0, 200.0], 2.5, [40.0, 40.0, 60.0], 64, target)
+    assert c2w.shape == (3, 4, 4) and K.shape == (3, 3, 3)
+    np.testing.assert_allclose(c2w[:, :3, 3] - target, spherical_to_cartesian(2.5, [0.0, 30.0, -20.0],
+                                                                             [0.0, 90.0, 200.0]), atol=1e-12)
+    for m in c2w:  # a look_at camera: +z towards the target, image down towards −Z
+        np.testing.assert_allclose(m, look_at(m[:3, 3], target), atol=1e-12)
+    np.testing.assert_allclose(K[:2], [intrinsics_from_fov(40.0, 64, 64)] * 2)
+    np.testing.assert_allclose(K[2], intrinsics_from_fov(60.0, 64, 64))
+    # azimuth 0 is the front (−Y): the scalar form gives one (4, 4) camera
+    np.testing.assert_allclose(spherical_c2w(0.0, 0.0, 3.0), look_at((0.0, -3.0, 0.0)), atol=1e-12)
+    with pytest.raises(ValueError, match="radius must be positive"):
+        spherical_c2w(0.0, 0.0, 0.0)
 
 
 def test_resized_and_cropped_intrinsics_keep_points_on_the_same_content():

@@ -14,13 +14,14 @@ from PIL import Image, ImageSequence
 
 from geometry.cameras import intrinsics_from_fov, invert_rigid, look_at, project_points
 from geometry.mesh import marching_cubes, query_grid
+from geometry.image import write_turntable
 from geometry.raster import (
     framing,
     render_mesh,
     render_turntable,
     turntable_cameras,
-    write_turntable,
 )
+from geometry.rigs import orbit
 
 RED, GREEN, BLUE = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 
@@ -234,6 +235,10 @@ def test_turntable_cameras_orbit_z_and_look_at_the_target():
     uv, _ = project_points(target[None], K, c2w[2])
     np.testing.assert_allclose(uv[0], [32.0, 32.0], atol=1e-9)  # the target at the image centre
     assert np.all(c2w[:, 2, 1] < 0)  # image y (down) points towards −Z: world up is image up
+    # one ring of the orbit rig, moved to the target
+    rig = orbit("any", 64, views_per_ring=4, elevations=(30.0,), radius=2.0, fov_deg=40.0)
+    np.testing.assert_allclose(c2w[:, :3, :3], rig.c2w[:, :3, :3], atol=1e-12)
+    np.testing.assert_allclose(c2w[:, :3, 3], rig.c2w[:, :3, 3] + target, atol=1e-12)
 
 
 def test_turntable_gif_has_n_distinct_frames(tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from geometry.cameras import look_at, project_points, spherical_to_cartesian
 from geometry.rays import (camera_rays, canonical_c2w, canonical_to_world, canonicalize_cameras, invert_rigid,
-                           ray_box, world_to_canonical)
+                           pixel_centres, project, ray_box, world_to_canonical)
 from geometry.rigs import lrm32
 
 
@@ -24,6 +24,36 @@ def test_rays_pass_through_their_pixels_and_t_is_z_depth():
     v, u = np.meshgrid(np.arange(32) + 0.5, np.arange(32) + 0.5, indexing="ij")
     np.testing.assert_allclose(uv, np.stack([u.ravel(), v.ravel()], -1), atol=1e-9)
     np.testing.assert_allclose(z, t, atol=1e-12)
+
+
+def test_project_is_the_numpy_projection_batched_and_honours_skew():
+    c2w, K = _rig(3)
+    K = K.clone()
+    K[1, 0, 1] = 3.0  # one skewed camera: u = (fx·x + s·y)/z + cx
+    pts = torch.tensor(np.random.default_rng(0).uniform(-1.0, 1.0, (2, 50, 3)))
+    uv, z = project(pts[:, None], c2w.expand(2, -1, -1, -1), K.expand(2, -1, -1, -1))  # (B, 1, N) × (B, V)
+    assert uv.shape == (2, 3, 50, 2) and z.shape == (2, 3, 50)
+    for b in range(2):
+        for v in range(3):
+            ref_uv, ref_z = project_points(pts[b].numpy(), K[v].numpy(), c2w[v].numpy())
+            np.testing.assert_allclose(uv[b, v].numpy(), ref_uv, atol=1e-9)
+            np.testing.assert_allclose(z[b, v].numpy(), ref_z, atol=1e-12)
+    w2c = invert_rigid(c2w[1])
+    cam = pts[0] @ w2c[:3, :3].T + w2c[:3, 3]
+    torch.testing.assert_close(uv[0, 1, :, 0], (K[1, 0, 0] * cam[:, 0] + 3.0 * cam[:, 1]) / cam[:, 2] + K[1, 0, 2])
+    # rays of the skewed camera pass through their pixel centres
+    origins, dirs = camera_rays(c2w[1], K[1], 8, 8)
+    back, depth = project((origins + 2.0 * dirs).reshape(-1, 3), c2w[1], K[1])
+    np.testing.assert_allclose(back.numpy(), pixel_centres(8, 8, dtype=torch.float64).reshape(-1, 2).numpy(),
+                               atol=1e-9)
+    np.testing.assert_allclose(depth.numpy(), 2.0, atol=1e-12)
+
+
+def test_project_keeps_points_behind_the_camera_finite():
+    c2w, K = _rig(1)
+    behind = 1.5 * c2w[0, :3, 3][None]  # the camera looks at the origin: this point is behind it
+    uv, z = project(behind, c2w[0], K[0], near=1e-3)
+    assert z.item() < 0 and torch.isfinite(uv).all()
 
 
 def test_ray_box_slab_intersection():

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from geometry.cameras import fov_from_intrinsics
-from geometry.rigs import make_rig
+from geometry.rigs import (
+    NEIGHBOUR_OFFSETS,
+    ONE2345_FOV_DEG,
+    ONE2345_NUM_VIEWS,
+    ONE2345_RADIUS,
+    make_rig,
+    with_neighbours,
+)
 
 
 def _elevation_azimuth(c2w):
@@ -48,6 +55,27 @@ def test_one2345_neighbours_are_ten_degrees_away():
         d_el = sorted(np.round(el[nbs] - el[i], 6))
         d_az = sorted(np.round((az[nbs] - az[i] + 180) % 360 - 180, 6))
         assert d_el == [-10, 0, 0, 10] and d_az == [-10, 0, 0, 10]
+
+
+def test_one2345_layout_lists_the_views_then_four_neighbours_each_in_order():
+    assert NEIGHBOUR_OFFSETS == ((10.0, 0.0), (-10.0, 0.0), (0.0, 10.0), (0.0, -10.0))
+    assert (ONE2345_NUM_VIEWS, ONE2345_RADIUS, ONE2345_FOV_DEG) == (8, 2.8, 40.0)
+    el, az, owners = with_neighbours([20.0, 5.0], [0.0, 355.0])
+    np.testing.assert_allclose(el, [20, 5, 30, 10, 20, 20, 15, -5, 5, 5])
+    np.testing.assert_allclose(az, [0, 355, 0, 0, 10, 350, 355, 355, 5, 345])  # wrapped to [0, 360)
+    assert owners.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="2 elevations for 1 azimuths"):
+        with_neighbours([0.0, 1.0], [0.0])
+    # the one2345 rig renders exactly that layout: radius, FOV, and each gt view's neighbours at the offsets in order
+    rig = make_rig("one2345", "obj", 256)
+    r, el, az = _elevation_azimuth(rig.c2w)
+    np.testing.assert_allclose(r, ONE2345_RADIUS)
+    assert fov_from_intrinsics(rig.K[0], 256, 256) == pytest.approx(ONE2345_FOV_DEG)
+    assert sorted(rig.extra["neighbours_of"]) == list(range(ONE2345_NUM_VIEWS))
+    for g, nbrs in rig.extra["neighbours_of"].items():
+        assert nbrs == list(range(8 + 4 * g, 12 + 4 * g))
+        np.testing.assert_allclose(el[nbrs] - el[g], [d for d, _ in NEIGHBOUR_OFFSETS], atol=1e-9)
+        np.testing.assert_allclose((az[nbrs] - az[g] + 180) % 360 - 180, [d for _, d in NEIGHBOUR_OFFSETS], atol=1e-9)
 
 
 def test_eval24_rings():
