@@ -126,6 +126,7 @@ class ObjectEvaluator:
                 save_mesh(os.path.join(self.out_dir, "meshes", f"{key}.glb"), verts.astype(np.float32), faces,
                           colours)
         record["seconds"] = time.perf_counter() - start
+        return record, strip
 
 
 @rank_zero_only
