@@ -1,4 +1,6 @@
-"""Losses shared by the models: perceptual (LPIPS-VGG) with weights from local files, PSNR, triplane TV."""
+"""Losses shared by the models: perceptual (LPIPS-VGG) with weights from local files, triplane TV; LR schedules.
+
+PSNR is a metric, not a loss: ``lightning_modules.metrics`` (the only PSNR)."""
 
 from __future__ import annotations
 
@@ -71,17 +73,6 @@ class LPIPSLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean LPIPS of (…, 3, H, W) images in [0, 1]."""
         return self.distance(pred, target).mean()
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """PSNR in dB of images in [0, 1] (mean over all pixels, or the pixels where ``mask`` > 0.5)."""
-    err = (pred.float() - target.float()) ** 2
-    if mask is not None:
-        m = (mask > 0.5).expand_as(err).float()
-        mse = (err * m).sum() / m.sum().clamp(min=1)
-    else:
-        mse = err.mean()
-    return -10 * torch.log10(mse.clamp(min=1e-10))
 
 
 def triplane_tv(planes: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,8 @@ from geometry.rays import canonical_to_world, canonicalize_cameras
 from lightning_modules.base import ReconstructionModule
 from lightning_modules.callbacks import image_grid
 from lightning_modules.ema import EMA
-from lightning_modules.losses import LPIPSLoss, cosine_with_warmup, psnr, triplane_tv
+from lightning_modules.losses import LPIPSLoss, cosine_with_warmup, triplane_tv
+from lightning_modules.metrics import mean_psnr
 from lightning_modules.networks.lrm.model import LRM
 from lightning_modules.prediction import Prediction
 
@@ -115,7 +116,7 @@ class LRMModule(ReconstructionModule):
             loss = loss + hp.tv_weight * terms["tv"]
         terms["loss"] = loss
         with torch.no_grad():
-            terms["psnr"] = psnr(pred.clamp(0, 1), target)
+            terms["psnr"] = mean_psnr(pred.clamp(0, 1), target)
         return terms
 
     # --- training ---------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from geometry.mesh import marching_cubes, query_grid
 from geometry.rays import camera_rays
 from lightning_modules.base import ReconstructionModule
 from lightning_modules.callbacks import image_grid
-from lightning_modules.losses import psnr, step_decay_with_warmup
+from lightning_modules.losses import step_decay_with_warmup
+from lightning_modules.metrics import mean_psnr
 from lightning_modules.networks.one2345.model import One2345, Scene
 from lightning_modules.networks.one2345.renderer import eikonal_loss
 from lightning_modules.one2345_inference import One2345Views
@@ -171,7 +172,9 @@ class One2345Module(ReconstructionModule):
             loss = loss + hp.depth_weight * terms["depth"]
         terms["loss"] = loss
         with torch.no_grad():
-            terms["psnr"] = psnr(out["rgb"].clamp(0, 1), rays["rgb"])
+            # each object's rays come from its one target view: an image of 1 × R pixels
+            terms["psnr"] = mean_psnr(rearrange(out["rgb"].clamp(0, 1), "b r c -> b c 1 r"),
+                                      rearrange(rays["rgb"], "b r c -> b c 1 r"))
             terms["inv_s"] = self.net.renderer.variance().detach()
         return terms
 
@@ -212,8 +215,8 @@ class One2345Module(ReconstructionModule):
         m = batch["target_masks"].float()
         gt_depth = batch["target_depths"].float()
         surface = ((gt_depth > 0) & (m > 0.5)).float()
-        terms = {"psnr": psnr(out["images"].clamp(0, 1), target),
-                 "psnr_masked": psnr(out["images"].clamp(0, 1), target, m),
+        terms = {"psnr": mean_psnr(out["images"].clamp(0, 1), target),
+                 "psnr_masked": mean_psnr(out["images"].clamp(0, 1), target, m),
                  "mask_iou": ((out["opacity"] > 0.5) & (m > 0.5)).sum() / ((out["opacity"] > 0.5) | (m > 0.5)).sum()
                  .clamp(min=1),
                  "depth_l1": ((out["depth"] - gt_depth).abs() * surface).sum() / surface.sum().clamp(min=1)}

@@ -13,7 +13,7 @@ from lightning_modules.metrics.geometry import (
     volume_iou,
     yaw_rotations,
 )
-from lightning_modules.metrics.image import CLIPSimilarity, LPIPSMetric, image_metrics, psnr, ssim
+from lightning_modules.metrics.image import CLIPSimilarity, LPIPSMetric, image_metrics, mean_psnr, psnr, ssim
 
 __all__ = [
     "FSCORE_TAUS",
@@ -25,6 +25,7 @@ __all__ = [
     "icp",
     "image_metrics",
     "is_watertight",
+    "mean_psnr",
     "mesh_metrics",
     "psnr",
     "rotation_angle_deg",

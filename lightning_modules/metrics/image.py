@@ -1,5 +1,8 @@
 """Appearance metrics of rendered views against ground-truth views: PSNR, SSIM, LPIPS (VGG), CLIP similarity.
 
+The project's only PSNR: :func:`psnr` per image and :func:`mean_psnr` (per image, then averaged), which both the
+training logs (``train/psnr``, ``val/psnr``) and ``lift3d evaluate`` use, so the same views give the same number.
+
 Legend: B images, 3 RGB channels, H × W pixels. Images are float tensors (B, 3, H, W) in [0, 1] (data range 1);
 masks are (B, 1, H, W) in [0, 1], foreground where mask > 0.5. Every metric returns one value per image, a (B,)
 float32 tensor, so callers can average over views and objects as they like.
@@ -53,6 +56,18 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] 
     err = (pred.double() - target.double()) ** 2
     mse = err.mean((1, 2, 3)) if mask is None else _foreground_mean(err, (mask > 0.5).double())
     return (-10.0 * torch.log10(mse.clamp(min=MSE_FLOOR))).float()
+
+
+def mean_psnr(pred: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Scalar PSNR of a set of images as the evaluation literature reports it: :func:`psnr` per image, then the mean
+    over the images (an image whose mask has no foreground has no masked PSNR and is left out). ``pred`` and
+    ``target`` are (..., 3, H, W), ``mask`` (..., 1, H, W); the leading dims (objects, views) are flattened into
+    images. Training logs this as ``psnr``; ``lift3d evaluate`` averages the same per-image values over each object's
+    views, then over objects (the same number when the objects have as many views each)."""
+    def images(x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(0, -4)
+
+    return torch.nanmean(psnr(images(pred), images(target), None if mask is None else images(mask)))
 
 
 def _gaussian_window(device) -> torch.Tensor:

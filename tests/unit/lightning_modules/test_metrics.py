@@ -22,6 +22,7 @@ from lightning_modules.metrics import (
     icp,
     image_metrics,
     is_watertight,
+    mean_psnr,
     mesh_metrics,
     psnr,
     rotation_angle_deg,
@@ -269,6 +270,18 @@ def test_psnr_of_hand_computed_errors():
     expected_masked = [-10 * np.log10(np.mean(((shifted[i] - img[i]) ** 2)[:, fg[i, 0]])) for i in range(2)]
     got_masked = psnr(torch.from_numpy(shifted).float(), torch.from_numpy(img).float(), torch.from_numpy(fg).float())
     assert np.allclose(got_masked.numpy(), expected_masked, atol=1e-4)
+
+
+def test_mean_psnr_is_the_mean_of_per_image_psnrs_not_the_psnr_of_the_pooled_mse():
+    target = torch.zeros(2, 3, 3, 4, 4)  # 2 objects × 3 views
+    pred = target + torch.tensor([0.1, 0.01, 0.1, 0.01, 0.1, 0.01]).view(2, 3, 1, 1, 1)  # 20 dB and 40 dB views
+    assert mean_psnr(pred, target).item() == pytest.approx(30.0, abs=1e-4)
+    pooled = -10 * np.log10(np.mean([0.01, 0.0001]))
+    assert abs(mean_psnr(pred, target).item() - pooled) > 5  # the old training number: 23 dB
+    mask = torch.ones(2, 3, 1, 4, 4)
+    mask[0, 0] = 0  # a view without foreground has no masked PSNR: left out of the mean
+    expected = psnr(pred.flatten(0, 1)[1:], target.flatten(0, 1)[1:]).mean().item()
+    assert mean_psnr(pred, target, mask).item() == pytest.approx(expected, abs=1e-4)
 
 
 def test_masked_metrics_of_an_empty_mask_are_nan_and_shapes_are_checked():

@@ -7,7 +7,8 @@ import torch
 import torchvision
 
 from lightning_modules.ema import EMA
-from lightning_modules.losses import LPIPSLoss, cosine_with_warmup, psnr
+from lightning_modules.losses import LPIPSLoss, cosine_with_warmup
+from lightning_modules.metrics import psnr
 
 
 def test_warmup_then_cosine_to_the_final_ratio():
