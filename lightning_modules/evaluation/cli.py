@@ -24,8 +24,8 @@ Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per object: key, catego
 ``summary.md`` (mean / median / std overall and per category, objects/min), ``report.md`` and ``report.html``
 (the summary, a row per object with its input | renders | ground truth | depth strip, a histogram PNG per metric,
 failures), ``renders/<key>.png``, ``meshes/<key>.glb`` with ``--save-meshes``, and a W&B run (a ``wandb.Table``
-with one row per object, its strip as an image, and the summary; offline when no API key is set, with the sync
-command printed).
+with one row per object, its strip as an image, and the summary; online or offline by the rule ``lift3d fit``
+follows: offline without an API key in WANDB_API_KEY or ~/.netrc, with the sync command printed).
 
 Distributed: ``--devices N`` (and ``--num-nodes``) run N ranks through Lightning Fabric (DDP; gloo on CPU, NCCL on
 GPUs; torchrun/SLURM environments are picked up). Object i goes to rank i mod world size; each rank writes its
@@ -42,7 +42,6 @@ import csv
 import json
 import logging
 import os
-import subprocess
 import sys
 import time
 from typing import Optional
@@ -53,6 +52,7 @@ from datamodules.shard_datamodule import DATA_ERRORS
 from lightning_modules.evaluation.reconstruction import LRMReconstructor, list_objects
 from lightning_modules.evaluation.report import _fmt, log_wandb, summarise, summary_table, write_reports
 from lightning_modules.evaluation.scoring import ObjectEvaluator
+from lightning_modules.launch import tracking
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +78,6 @@ def read_categories(path: Optional[str]) -> dict[str, str]:
     if bad:
         raise ValueError(f"--categories {path!r}: every line must be key,category; first bad line: {bad[0]!r}")
     return {r[0].strip(): r[1].strip() for r in rows if r[0].strip() not in ("key", "uid")}
-
-
-def _git_commit() -> Optional[str]:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 # --- the command ---------------------------------------------------------------------------------------------------
@@ -125,7 +117,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-project", default="lift3d")
     p.add_argument("--wandb-name", help="W&B run name (default: evaluate-<checkpoint stem>)")
     p.add_argument("--wandb-mode", choices=["online", "offline", "disabled"],
-                   help="default: online with WANDB_API_KEY set, else offline")
+                   help="default: WANDB_MODE when set, else online with a W&B API key (WANDB_API_KEY or `wandb "
+                   "login`'s ~/.netrc entry), else offline: the rule of `lift3d fit`")
     return p
 
 
@@ -173,7 +166,7 @@ def _evaluate(fabric, args) -> Optional[dict]:
     settings = {"ckpt": os.path.abspath(args.ckpt), "shards": " ".join(args.shards), "world_size": world,
                 "input_view": args.input_view, "gt": "meshes in " + args.gt_meshes if args.gt_meshes else "depth",
                 "align": args.align, "num_points": args.num_points, "render_size": args.render_size,
-                "background": args.background, "git_commit": _git_commit(), "command": " ".join(sys.argv)}
+                "background": args.background, "git_commit": tracking.git_state()["commit"], "command": " ".join(sys.argv)}
     write_reports(out_dir, records, failures, summary, settings)
     print(summary_table(summary), flush=True)
     print(f"[evaluate] {len(records)} objects, {len(failures)} failed, {seconds:.1f} s "
@@ -185,9 +178,9 @@ def _evaluate(fabric, args) -> Optional[dict]:
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> Optional[dict]:
-    from lightning.fabric import Fabric
-
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line, checked, with its defaults resolved: the W&B run name, and the W&B mode by the one rule
+    ``lift3d fit`` also follows (``lightning_modules.launch.tracking.wandb_mode``)."""
     args = parser().parse_args(argv)
     if args.input_view != "auto" and not args.input_view.isdigit():
         raise SystemExit(f"lift3d evaluate: --input-view {args.input_view!r}: expected 'auto' or a view index")
@@ -197,6 +190,14 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
         except ValueError:
             raise SystemExit(f"lift3d evaluate: --mesh-level {args.mesh_level!r}: expected a number or 'auto'")
     args.wandb_name = args.wandb_name or f"evaluate-{os.path.splitext(os.path.basename(args.ckpt))[0]}"
+    args.wandb_mode = args.wandb_mode or tracking.wandb_mode()[0]
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> Optional[dict]:
+    from lightning.fabric import Fabric
+
+    args = parse_args(argv)
     devices = args.devices if args.devices == "auto" else int(args.devices)
     many = args.num_nodes > 1 or devices == "auto" or devices > 1
     fabric = Fabric(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,

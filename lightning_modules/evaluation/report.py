@@ -159,11 +159,12 @@ def _html(md_lines: list[str]) -> str:
 
 
 def log_wandb(out_dir: str, records: list[dict], summary: dict, settings: dict, args) -> Optional[str]:
-    """The per-object table (with strips), the summary and the histograms as a W&B run; returns the sync command
-    when the run is offline."""
+    """The per-object table (with strips), the summary and the histograms as a W&B run in ``args.wandb_mode`` (the
+    CLI resolves it: ``lightning_modules.launch.tracking.wandb_mode``); returns the sync command when the run is
+    offline."""
     import wandb
 
-    mode = args.wandb_mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    mode = args.wandb_mode
     run = wandb.init(project=args.wandb_project, name=args.wandb_name, group="evaluate", job_type="evaluate",
                      dir=out_dir, mode=mode, config=settings,
                      reinit="create_new")  # its own run, even in a process with another one open (make demo's fit)

@@ -138,7 +138,7 @@ class Lift3dCLI(LightningCLI):
                       if hasattr(lg, "get") and lg.get("class_path") in tracking.WANDB_LOGGERS]
         if not wandb_cfgs:
             return
-        reason = tracking.offline_reason()
+        _, reason = tracking.wandb_mode()
         if reason:
             os.environ["WANDB_MODE"] = "offline"
             _say(f"W&B runs offline: {reason}; the sync command is printed at the end")

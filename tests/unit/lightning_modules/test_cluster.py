@@ -122,12 +122,33 @@ def test_wandb_goes_offline_only_without_a_key(tmp_path):
     netrc = tmp_path / "netrc"
     netrc.write_text("machine example.org login a password b\n")
     env = {"NETRC": str(netrc)}
-    assert "no W&B API key" in tracking.offline_reason(env)
-    assert tracking.offline_reason({**env, "WANDB_API_KEY": "x" * 40}) is None
-    assert tracking.offline_reason({**env, "WANDB_MODE": "online"}) is None  # an explicit choice is kept
+    mode, reason = tracking.wandb_mode(env)
+    assert mode == "offline" and "no W&B API key" in reason
+    assert tracking.wandb_mode({**env, "WANDB_API_KEY": "x" * 40}) == ("online", None)
+    assert tracking.wandb_mode({**env, "WANDB_MODE": "offline", "WANDB_API_KEY": "x" * 40}) == ("offline", None)
+    assert tracking.wandb_mode({**env, "WANDB_MODE": "online"}) == ("online", None)  # an explicit choice is kept
     netrc.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
     netrc.chmod(0o600)
-    assert tracking.offline_reason(env) is None
+    assert tracking.wandb_mode(env) == ("online", None)
+
+
+def test_a_wandb_login_netrc_entry_puts_training_and_evaluation_online(tmp_path, monkeypatch):
+    """`wandb login` writes ~/.netrc, not WANDB_API_KEY: `lift3d fit` and `lift3d evaluate` both go online with it
+    (evaluation used to look at the key only and stayed offline), and both go offline without it."""
+    from lightning_modules.evaluation.cli import parse_args
+
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(netrc))
+    command = ["--ckpt", "last.ckpt", "--shards", "eval24"]
+    assert tracking.wandb_mode() == ("online", None)  # what LightningCLI's _prepare_wandb asks
+    assert parse_args(command).wandb_mode == "online"
+    assert parse_args([*command, "--wandb-mode", "disabled"]).wandb_mode == "disabled"  # the flag wins
+    netrc.write_text("machine example.org login a password b\n")
+    assert tracking.wandb_mode()[0] == "offline" and parse_args(command).wandb_mode == "offline"
 
 
 def test_the_wandb_run_id_is_kept_for_a_resumed_run_only(tmp_path):
