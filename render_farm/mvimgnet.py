@@ -17,7 +17,8 @@ Conventions (what this module does to the data)
     focal lengths and principal point, at the same size; pixels whose source lies outside the frame get alpha 0.
     COLMAP's SIMPLE_RADIAL / RADIAL / OPENCV distortion is OpenCV's (k1, k2, p1, p2) model. meta.json keeps the
     original model, params and size per view (``source_cameras``). Other models are refused with a clear error.
-    Resize: the longer side becomes ``resolution``; ``K`` follows via ``geometry.cameras.scale_intrinsics``.
+    Resize: the longer side becomes ``resolution`` (``geometry.image.resize``; the mask nearest); ``K`` follows
+    via ``geometry.cameras.scale_intrinsics``.
     World frame: COLMAP's world is arbitrary. It is turned by the minimal rotation ``world_rotation`` (R, in
     meta) that takes the mean camera up (the cameras' −y axis, over every registered frame) to +Z:
     ``world = R · colmap_world`` (hand-held videos are shot upright, so this is gravity up; yaw stays COLMAP's).
@@ -45,6 +46,7 @@ import numpy as np
 import pycolmap
 
 from geometry.cameras import invert_rigid, scale_intrinsics
+from geometry.image import resize, resize_nearest
 from geometry.normalization import normalization_from_bounds
 from render_farm.shards import ShardWriter, encode_sample
 from render_farm.tasks import resolve_task, task_slice
@@ -129,7 +131,7 @@ def _load_view(video: Video, image_name: str, mask_root: str | None) -> tuple[np
     if m is None:
         raise VideoError(f"cannot read mask {mpath} (corrupt?)")
     if m.shape != bgr.shape[:2]:
-        m = cv2.resize(m, (bgr.shape[1], bgr.shape[0]), interpolation=cv2.INTER_NEAREST)
+        m = resize_nearest(m, bgr.shape[0], bgr.shape[1])  # nearest pixel centre, never blended
     fg = m > (127 if m.max() > 1 else 0)  # 0/255 masks and 0/1 label maps
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), fg
 
@@ -174,9 +176,8 @@ def resize_view(rgb, fg, K, resolution: int):
         nw, nh = max(1, round(w * resolution / h)), resolution
     if (nw, nh) == (w, h):
         return rgb, fg, K
-    interp = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
-    rgb = cv2.resize(rgb, (nw, nh), interpolation=interp)
-    fg = cv2.resize(fg.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
+    rgb = resize(rgb, nh, nw)
+    fg = resize_nearest(fg.astype(np.uint8), nh, nw).astype(bool)
     return rgb, fg, scale_intrinsics(K, nw / w, nh / h)
 
 

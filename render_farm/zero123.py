@@ -62,6 +62,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from geometry.cameras import zero123_relative_camera
+from geometry.image import resize
 from render_farm.shards import FORMAT, ShardWriter, encode_cameras, encode_png
 from render_farm.tasks import report_task, resolve_task, task_slice
 
@@ -357,11 +358,9 @@ def _parse_object(key: str, members: dict) -> tuple[dict, dict, list[tuple[int, 
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """``img`` at h × w: area averaging when shrinking, bicubic when growing, untouched at its size."""
-    if img.shape[:2] == (h, w):
-        return img
-    interp = cv2.INTER_AREA if img.shape[0] > h or img.shape[1] > w else cv2.INTER_CUBIC
-    return cv2.resize(img, (w, h), interpolation=interp)
+    """``img`` at h × w by lift3d's one resampling rule (``geometry.image.resize``: area when shrinking, bilinear
+    when growing), untouched at its size."""
+    return resize(img, h, w)
 
 
 def condition_image(rgba: np.ndarray, size: int) -> np.ndarray:
