@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image
 
+from geometry.image import write_image
 from geometry.mesh import save_mesh
 
 
@@ -116,7 +116,7 @@ class VisualLogger(L.Callback):
             for lg in wandb_loggers:
                 lg.experiment.log(payload, step=step)
         else:
-            Image.fromarray(grid).save(os.path.join(self._out_dir(trainer), f"views-step{step:07d}.png"))
+            write_image(os.path.join(self._out_dir(trainer), f"views-step{step:07d}.png"), grid)
 
 
 class ProgressPrinter(L.Callback):

@@ -25,10 +25,9 @@ import numpy as np
 from einops import rearrange
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image
 
+from geometry.image import write_image, write_turntable
 from geometry.mesh import save_mesh
-from geometry.raster import write_turntable
 
 SHEET_COLUMNS = 8  # views per row of <key>.views.png: the 8 views, then a row per 8 neighbours
 
@@ -60,20 +59,14 @@ def write_prediction(prediction: Prediction, output_dir: str) -> Optional[str]:
             raise ValueError(f"prediction {key!r} has turntable frames but no turntable_format: give gif or mp4")
         spin = write_turntable(os.path.join(output_dir, f"{key}.{p.turntable_format}"), p.turntable)
         rank_zero_info(f"[predict] {key} turntable → {spin}")
-    if p.views is not None or p.record is not None:
-        os.makedirs(output_dir, exist_ok=True)
     if p.views is not None:
         sheet = rearrange(p.views, "(r c) h w ch -> (r h) (c w) ch", c=SHEET_COLUMNS)
-        _write_png(os.path.join(output_dir, f"{key}.views.png"), sheet)
+        write_image(os.path.join(output_dir, f"{key}.views.png"), sheet)
     if p.record is not None:
+        os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, f"{key}.json"), "w") as f:
             json.dump({**p.record, "mesh": path}, f, indent=1)
     return path
-
-
-def _write_png(path: str, image: np.ndarray) -> None:
-    """(H, W, 3) float RGB in [0, 1] → an 8-bit PNG."""
-    Image.fromarray((image * 255).round().astype(np.uint8)).save(path)
 
 
 class PredictionWriter(BasePredictionWriter):
