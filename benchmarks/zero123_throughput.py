@@ -30,7 +30,8 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import timed as bench_timed  # noqa: E402
 
-from render_farm.zero123 import Zero123Pipeline, view_seed  # noqa: E402
+from lightning_modules.networks.zero123 import Zero123Pipeline  # noqa: E402
+from render_farm.zero123 import view_seed  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -54,7 +54,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import re
 from typing import Optional, Union
 
 import lightning as L
@@ -68,6 +67,7 @@ from datamodules.foreground import ForegroundExtractor, load_segmentation_model
 from geometry.cameras import intrinsics_from_fov
 from geometry.image import resize
 from geometry.rays import canonical_c2w
+from render_farm.shards import sanitise_key
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,6 @@ _DECODE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFE
 @rank_zero_only
 def _warn(msg: str, *args) -> None:
     log.warning(msg, *args)
-
-
-def sanitise_key(stem: str) -> str:
-    """A file stem as a key of [A-Za-z0-9_-] (every other character becomes ``_``)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", stem) or "_"
 
 
 def resolve_images(images: Union[str, list[str]]) -> list[str]:

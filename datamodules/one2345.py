@@ -26,9 +26,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from datamodules.decode import CorruptSampleError, check_views, read_cameras, read_meta, sample_key, view_roles
 from datamodules.shard_datamodule import ShardDataModule
 from datamodules.views import ViewSampler, background_colour
+from render_farm.shards import CorruptSampleError, check_views, read_header, sample_key
 
 NEIGHBOURS = ("predicted", "ground_truth", "mixed")
 
@@ -98,9 +98,7 @@ class One2345ViewSampler(ViewSampler):
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         key = sample_key(sample)
-        meta = read_meta(sample)
-        cams = read_cameras(sample, meta.get("num_views"))
-        roles = view_roles(meta, len(cams["c2w"]), key)
+        meta, cams, roles = read_header(sample)
         gt, sources, predicted = self._pick(meta, roles, key, rng)
         target = int(rng.choice(gt))
         check_views(sample, [target, *sources], len(roles))  # fail before decoding anything

@@ -11,7 +11,7 @@ Two epoch modes:
   single-process runs.
 
 Bad data never stops a run: an unreadable shard (a webdataset handler) or a corrupt member (the decoder's
-:class:`~datamodules.decode.CorruptSampleError`) is logged — shard URL, key, member, reason — skipped, and counted
+:class:`~render_farm.shards.CorruptSampleError`) is logged — shard URL, key, member, reason — skipped, and counted
 in ``ShardDataModule.errors`` (kind → count, summed over the main process and DataLoader workers through a
 shared-memory tensor; best effort).
 """
@@ -19,9 +19,7 @@ shared-memory tensor; best effort).
 from __future__ import annotations
 
 import ctypes
-import glob
 import itertools
-import json
 import logging
 import math
 import os
@@ -30,7 +28,6 @@ import zipfile
 import zlib
 from typing import Optional, Union
 
-import braceexpand
 import cv2
 import lightning as L
 import numpy as np
@@ -38,58 +35,14 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.decode import KINDS, CorruptSampleError
-from datamodules.tar_index import TarScanError, scan_samples
 from datamodules.views import ViewSampler, collate, finalize
+from render_farm.shards import KINDS, CorruptSampleError, TarScanError, resolve_shards, scan_samples
 
 log = logging.getLogger(__name__)
 MAX_WORKERS = 256  # rows of the shared error-counter tensor: row 0 = main process, row 1 + w = worker w
 
 DATA_ERRORS = (CorruptSampleError, ValueError, KeyError, IndexError, OSError, EOFError, cv2.error,
                zipfile.BadZipFile)
-
-
-def _index_counts(directory: str) -> dict[str, int]:
-    path = os.path.join(directory, "index.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        doc = json.load(f)
-    return {os.path.join(directory, s["url"]): int(s["nsamples"]) for s in doc.get("shardlist", [])}
-
-
-def resolve_shards(spec: Union[str, list[str]]) -> tuple[list[str], dict[str, int]]:
-    """Shard URLs and known sample counts from brace patterns, globs, a directory / index.json, or a list."""
-    if isinstance(spec, (list, tuple)):
-        urls, counts = [], {}
-        for s in spec:
-            u, c = resolve_shards(s)
-            urls += u
-            counts.update(c)
-        return urls, counts
-    spec = os.path.expanduser(str(spec))
-    if os.path.isdir(spec) or os.path.basename(spec) == "index.json":
-        directory = spec if os.path.isdir(spec) else os.path.dirname(spec)
-        counts = _index_counts(directory)
-        urls = sorted(counts) or sorted(glob.glob(os.path.join(directory, "*.tar")))
-        if not urls:
-            raise FileNotFoundError(f"no shards in {directory!r} (no index.json and no *.tar): render some with "
-                                    f"`lift3d-render ... --out {spec}` or point the shards option elsewhere")
-        return urls, counts
-    urls = list(braceexpand.braceexpand(spec))
-    if "://" in spec or spec.startswith("pipe:"):
-        return urls, {}  # remote: no globbing, no index
-    expanded = []
-    for u in urls:
-        matches = sorted(glob.glob(u)) if glob.has_magic(u) else [u]
-        if not matches or not all(os.path.exists(m) for m in matches):
-            raise FileNotFoundError(f"no shard matches {u!r} (from {spec!r}, cwd {os.getcwd()}); "
-                                    "expected a .tar path, glob, brace pattern or a shard directory")
-        expanded += matches
-    counts = {}
-    for d in sorted({os.path.dirname(u) for u in expanded}):
-        counts.update({u: n for u, n in _index_counts(d).items() if u in set(expanded)})
-    return expanded, counts
 
 
 class ShardDataset(IterableDataset):

@@ -46,10 +46,9 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
-from datamodules.decode import (CorruptSampleError, check_views, decode_bgra, decode_depth_raw, read_cameras,
-                                read_meta, sample_key, view_roles)
 from geometry.cameras import crop_intrinsics, scale_intrinsics
 from geometry.image import resize, resize_nearest
+from render_farm.shards import CorruptSampleError, check_views, decode_bgra, decode_depth_raw, read_header, sample_key
 
 BACKGROUNDS = ("white", "black", "random")
 
@@ -194,10 +193,8 @@ class ViewSampler:
 
     def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
         key = sample_key(sample)
-        meta = read_meta(sample)
-        cams = read_cameras(sample, meta.get("num_views"))
-        n = len(cams["c2w"])
-        roles = view_roles(meta, n, key)
+        meta, cams, roles = read_header(sample)
+        n = len(roles)
         inp, targets = select_views(roles, self.num_target_views, self.input_view, self.include_input, rng, key)
         check_views(sample, [inp, *targets.tolist()], n)  # fail before decoding anything
         bg = background_colour(self.background, rng)

@@ -92,7 +92,7 @@ class One2345Views:
             raise ValueError("One-2-3-45 from images needs Zero123: set --model.init_args.zero123_weights to a local "
                              "diffusers Zero123 checkpoint directory (e.g. zero123-xl), or predict from shards that "
                              "hold source views (One2345DataModule)")
-        from render_farm.zero123 import Zero123Pipeline
+        from lightning_modules.networks.zero123 import Zero123Pipeline
 
         return cls(Zero123Pipeline.from_pretrained(weights, device=device, dtype=dtype), **settings)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
 
 import bpy
 import numpy as np
@@ -20,6 +19,7 @@ from mathutils import Matrix, Vector
 from geometry.cameras import intrinsics_from_blender, opencv_to_opengl, opengl_to_opencv
 from geometry.normalization import normalization_from_bounds, normalization_matrix
 from geometry.rigs import Rig
+from render_farm.config import RenderSettings
 
 IMPORTERS = {
     ".glb": "gltf", ".gltf": "gltf", ".obj": "obj", ".ply": "ply", ".stl": "stl", ".fbx": "fbx",
@@ -28,19 +28,6 @@ IMPORTERS = {
 
 class AssetError(Exception):
     """The asset cannot be rendered (unimportable, empty, too large); the message says why."""
-
-
-@dataclass
-class RenderSettings:
-    engine: str = "CYCLES"
-    samples: int = 128
-    resolution: int = 512
-    denoise: bool = False
-    threads: int = 0  # 0: Blender picks (all cores)
-    max_faces: int = 5_000_000
-    lighting: str = "fixed"  # fixed | random
-    world_strength: float = 0.6
-    seed: int = 0
 
 
 def reset_scene() -> None:

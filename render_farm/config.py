@@ -12,20 +12,37 @@ from geometry.rigs import RIGS
 
 
 @dataclass
-class RenderConfig:
+class SceneSettings:
+    """How Blender renders an object; declared once for the farm's :class:`RenderConfig` and the worker's
+    :class:`RenderSettings`."""
+
     engine: str = "CYCLES"
     resolution: int = 512
     samples: int = 128
     denoise: bool = False
+    lighting: str = "fixed"  # fixed | random
+    seed: int = 0
+    max_faces: int = 5_000_000
+
+
+@dataclass
+class RenderSettings(SceneSettings):
+    """What a render worker's Blender takes for one object (``blender_scene.render_object``)."""
+
+    threads: int = 0  # 0: Blender picks (all cores)
+    world_strength: float = 0.6
+
+
+@dataclass
+class RenderConfig(SceneSettings):
+    """A render run (configs/render/*.yaml + flags): the scene settings, the rig, depth encoding, worker limits."""
+
     rig: str = "lrm32"
     rig_options: dict = field(default_factory=dict)
-    lighting: str = "fixed"
-    seed: int = 0
     depth_scale: float = 10000.0
     timeout_s: float = 600.0
     max_jobs_per_worker: int = 50
     max_file_mb: float = 1024.0
-    max_faces: int = 5_000_000
     shard_maxcount: int = 64
     threads_per_worker: int = 0
 
@@ -45,9 +62,8 @@ class RenderConfig:
         return self
 
     def blender_settings(self, threads: int) -> dict:
-        return {"engine": self.engine, "samples": self.samples, "resolution": self.resolution,
-                "denoise": self.denoise, "threads": threads, "max_faces": self.max_faces,
-                "lighting": self.lighting, "seed": self.seed}
+        """The keyword arguments of the worker's :class:`RenderSettings` (sent over a pipe as a dict)."""
+        return {**{f.name: getattr(self, f.name) for f in fields(SceneSettings)}, "threads": threads}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,13 +17,14 @@ import hashlib
 import http.client
 import json
 import os
-import re
 import socket
 import threading
 import urllib.error
 from dataclasses import dataclass, field
 
 import objaverse
+
+from render_farm.shards import KEY_RE, sanitise_key
 
 SUPPORTED_EXTENSIONS = (".glb", ".gltf", ".obj", ".ply", ".stl", ".fbx")
 
@@ -44,11 +45,6 @@ class Asset:
         return h.hexdigest()
 
 
-def sanitize_uid(name: str) -> str:
-    uid = re.sub(r"[^A-Za-z0-9_-]", "_", name)
-    return uid or "asset"
-
-
 class LocalDirSource:
     """Every supported file under ``root`` (recursively); uid = file stem made key-safe, de-duplicated by path hash."""
 
@@ -67,7 +63,7 @@ class LocalDirSource:
                     found.append(os.path.join(dirpath, f))
         by_uid: dict[str, list[str]] = {}
         for path in sorted(found):
-            by_uid.setdefault(sanitize_uid(os.path.splitext(os.path.basename(path))[0]), []).append(path)
+            by_uid.setdefault(sanitise_key(os.path.splitext(os.path.basename(path))[0]), []).append(path)
         assets = []
         for uid, paths in by_uid.items():
             for path in paths:
@@ -84,7 +80,6 @@ class LocalDirSource:
 # Objaverse
 # --------------------------------------------------------------------------------------------------------------------
 
-_UID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _OFFLINE_VALUES = ("1", "true", "yes", "on")
 # objaverse 0.1.7 keeps its cache location in module globals (BASE_PATH, _VERSIONED_PATH) that its functions read at
 # call time; every call into it goes through ObjaverseSource._api(), which swaps them under this lock and restores them.
@@ -127,7 +122,7 @@ def read_uids_file(path: str) -> list[str]:
             uid = line.split("#", 1)[0].strip()
             if not uid:
                 continue
-            if not _UID_RE.match(uid):
+            if not KEY_RE.match(uid):
                 raise ValueError(
                     f"{path}:{lineno}: {uid!r} is not a valid Objaverse uid (expected only letters, digits, '_' and "
                     f"'-', e.g. 8476c4170df24cf5bbe6967222d1a42d, without a file extension); fix or remove that line"
@@ -185,7 +180,7 @@ class ObjaverseSource:
         elif uids is not None:
             uids = list(uids)
             for i, uid in enumerate(uids):
-                if not isinstance(uid, str) or not _UID_RE.match(uid):
+                if not isinstance(uid, str) or not KEY_RE.match(uid):
                     raise ValueError(
                         f"uids[{i}] = {uid!r} is not a valid Objaverse uid (expected only letters, digits, '_' and "
                         f"'-', e.g. 8476c4170df24cf5bbe6967222d1a42d, without a file extension)"

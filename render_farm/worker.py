@@ -34,7 +34,8 @@ def render_job(job: dict) -> dict:
     import numpy as np
 
     from geometry.rigs import make_rig, object_rng
-    from render_farm.blender_scene import RenderSettings, render_object
+    from render_farm.blender_scene import render_object
+    from render_farm.config import RenderSettings
     from render_farm.shards import encode_sample
 
     t0 = time.time()

@@ -41,7 +41,7 @@ def save_tiny_zero123(path) -> str:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from render_farm.zero123 import CCProjection
+    from lightning_modules.networks.zero123 import CCProjection
 
     path = str(path)
     torch.manual_seed(0)

@@ -16,10 +16,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from datamodules.decode import read_cameras, read_meta, sample_key, view_roles
-from datamodules.shard_datamodule import resolve_shards
-from datamodules.tar_index import LazySample, TarScanError, scan_samples
 from datamodules.views import ViewSampler, collate, finalize
+from render_farm.shards import LazySample, TarScanError, read_header, resolve_shards, scan_samples
 
 
 class LRMReconstructor:
@@ -99,10 +97,7 @@ def held_out_batch(sample, input_view: str, input_size: int, render_size: int, b
     """One object as the training code prepares it (``datamodules.views``, batch of 1): the input view (``auto``:
     the ``source`` role, else view 0; or an index) and every other view as a target, in view order. Returns the
     batch on ``device``, meta.json, the cameras and the input view's index."""
-    key = sample_key(sample)
-    meta = read_meta(sample)
-    cams = read_cameras(sample, meta.get("num_views"))
-    roles = view_roles(meta, len(cams["c2w"]), key)
+    meta, cams, roles = read_header(sample)
     inp = (roles.index("source") if "source" in roles else 0) if input_view == "auto" else int(input_view)
     if not 0 <= inp < len(roles) or len(roles) < 2:
         raise ValueError(f"input view {inp} with {len(roles)} views: need the input plus at least one held-out view")

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from datamodules.decode import sample_key
 from geometry.cameras import backproject_depth
 from geometry.mesh import LOADABLE_MESH_FORMATS, load_mesh, save_mesh
 from lightning_modules.callbacks import image_grid
 from lightning_modules.evaluation.reconstruction import LRMReconstructor, held_out_batch
+from render_farm.shards import decode_depth, sample_key
 
 log = logging.getLogger(__name__)
 GT_VOXEL = 1.0 / 128  # depth ground truth: one point per cell of this size (normalised units; the frame spans 2)
@@ -56,8 +56,6 @@ def merged(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def depth_points(sample, cams: dict, depth_scale: float, voxel: float = GT_VOXEL) -> np.ndarray:
     """The surface the views' depth maps see: every view back-projected to the world, one point per voxel."""
-    from datamodules.decode import decode_depth
-
     pts = [backproject_depth(decode_depth(sample, i, depth_scale, cams["hw"][i]), cams["K"][i].astype(np.float64),
                              cams["c2w"][i].astype(np.float64)) for i in range(len(cams["c2w"]))]
     pts = np.concatenate(pts)

@@ -12,9 +12,9 @@ import pytest
 import trimesh
 import webdataset as wds
 
-from datamodules.decode import decode_depth_raw, decode_normal, decode_rgba
 from geometry.cameras import backproject_depth, project_points
 from geometry.normalization import normalize
+from render_farm.shards import decode_depth_raw, decode_normal, decode_rgba
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.decode import CorruptSampleError
 from datamodules.one2345 import One2345DataModule, One2345ViewSampler
 from datamodules.views import collate, finalize
-from render_farm.shards import ShardWriter, encode_sample
+from render_farm.shards import CorruptSampleError, ShardWriter, encode_sample
 from tests.unit.datamodules.conftest import DEPTH_SCALE, make_object, plane_depth, square_colour
 
 NUM_GT = 2  # gt views 0, 1; rendered neighbours 2..9; predictions 10..17

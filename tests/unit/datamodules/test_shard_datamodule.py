@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from datamodules.views import finalize
-from datamodules.decode import KINDS
 from datamodules.shard_datamodule import ShardDataModule, ShardDataset, resolve_shards
 from datamodules.views import ViewSampler
+from render_farm.shards import KINDS
 from tests.unit.datamodules.conftest import write_shards
 
 SMALL = dict(num_target_views=2, input_size=32, target_size=32)

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.decode import CorruptSampleError
 from datamodules.views import (ViewSampler, collate, crop_view, finalize, premultiply, resize_view, select_views,
                               unpremultiply)
 from geometry.cameras import project_points
+from render_farm.shards import CorruptSampleError
 from tests.unit.datamodules.conftest import (DEPTH_SCALE, HALF_PIXEL, HALF_RGBA, MARKER, make_object, make_sample,
                                              plane_depth)
 

@@ -6,8 +6,8 @@ import torch
 
 from geometry.cameras import zero123_relative_camera
 from geometry.elevation import neighbour_cameras
+from lightning_modules.networks.zero123 import Zero123Pipeline
 from lightning_modules.one2345_inference import NUM_VIEWS, One2345Views, layout_cameras, view_layout
-from render_farm.zero123 import Zero123Pipeline
 from tests.weights import save_tiny_zero123
 
 

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from configs import RENDER_DIR as CONFIG_DIR
-from render_farm.config import load_render_config
+from render_farm.config import RenderSettings, load_render_config
 from render_farm.cli import build_parser
 
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
@@ -51,3 +51,11 @@ def test_cli_parses_the_documented_commands():
     assert p.parse_args(["mvimgnet", "--root", "/data/mvimgnet", "--out", "o"]).root == "/data/mvimgnet"
     with pytest.raises(SystemExit):
         p.parse_args(["objaverse", "--out", "o"])  # a source is required
+
+
+def test_render_settings_reach_the_worker_with_its_own_defaults(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("samples: 7\nlighting: random\nmax_faces: 10\n")
+    settings = RenderSettings(**load_render_config(str(path)).blender_settings(threads=3))
+    assert (settings.samples, settings.lighting, settings.max_faces, settings.threads) == (7, "random", 10, 3)
+    assert settings.resolution == 512 and settings.world_strength == 0.6  # defaults: the config's, the worker's

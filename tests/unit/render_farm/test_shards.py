@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from render_farm.shards import ShardWriter, count_samples, encode_sample, update_index
+from render_farm.shards import (CorruptSampleError, ShardWriter, check_key, count_samples, encode_sample, read_header,
+                                sanitise_key, scan_samples, update_index)
 
 
 def _sample(key, n_views=2, size=8):
@@ -117,3 +118,28 @@ def test_shard_committed_but_not_indexed_is_indexed_on_resume(tmp_path):
     ShardWriter(str(tmp_path)).open()
     assert json.loads((tmp_path / "index.json").read_text())["shardlist"] == [
         {"url": "00000-000000.tar", "nsamples": 1}]
+
+
+@pytest.mark.parametrize("name,key", [("ch air", "ch_air"), ("mug.v2/äb", "mug_v2__b"), ("ok-1_A", "ok-1_A"), ("", "_")])
+def test_sanitised_names_are_valid_keys(name, key):
+    assert sanitise_key(name) == key and check_key(sanitise_key(name)) == key
+
+
+def test_written_samples_read_back_through_the_format_reader(tmp_path):
+    views, sample = _sample("obj_r", n_views=3)
+    with ShardWriter(str(tmp_path)) as w:
+        w.write(sample)
+    (got,) = scan_samples(str(tmp_path / "00000-000000.tar"))
+    meta, cams, roles = read_header(got)
+    assert got["__key__"] == "obj_r" and meta["num_views"] == 3 and roles == ["gt"] * 3
+    assert cams["c2w"].shape == (3, 4, 4) and cams["hw"].tolist() == [[8, 8]] * 3
+    assert got["001.depth.png"] == sample["001.depth.png"]
+
+
+def test_header_with_fewer_cameras_than_views_names_the_member():
+    _, sample = _sample("obj_h", n_views=2)
+    meta = json.loads(sample["meta.json"])
+    sample["meta.json"] = json.dumps(dict(meta, num_views=3)).encode()
+    with pytest.raises(CorruptSampleError, match="num_views is 3") as err:
+        read_header(sample)
+    assert (err.value.key, err.value.member, err.value.kind) == ("obj_h", "cameras.npz", "bad_cameras")

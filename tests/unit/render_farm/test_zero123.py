@@ -13,9 +13,9 @@ import torch
 
 from geometry.cameras import look_at, spherical_to_cartesian, zero123_relative_camera
 from geometry.rigs import one2345
+from lightning_modules.networks.zero123 import CCProjection, WeightsError, Zero123Pipeline, zero123_condition
 from render_farm.shards import encode_sample
-from render_farm.zero123 import (CCProjection, PassSettings, WeightsError, Zero123Pipeline, predict_task,
-                                 view_seed, zero123_condition)
+from render_farm.zero123 import PassSettings, predict_task, view_seed
 from tests.weights import save_tiny_zero123
 
 

@@ -1,4 +1,4 @@
-"""Shard format v1 writer: one WebDataset sample per object, crash-safe and resumable.
+"""Shard format v1 writing: samples encoded as the format's members, and a crash-safe, resumable shard writer.
 
 Layout of an output directory::
 
@@ -29,15 +29,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-FORMAT = "lift3d-shard-v1"
-KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+from render_farm.shards.spec import CAMERAS, FORMAT, MAX_VIEWS, META, check_key, view_member
+
 SHARD_RE = re.compile(r"^(\d{5})-(\d{6})\.tar$")
-
-
-def check_key(key: str) -> str:
-    if not KEY_RE.match(key):
-        raise ValueError(f"sample key {key!r} must match [A-Za-z0-9_-]+ (no dots: WebDataset splits keys at dots)")
-    return key
 
 
 def encode_png(image: np.ndarray, compression: int = 3) -> bytes:
@@ -65,20 +59,20 @@ def encode_sample(key: str, views: list[dict], c2w: np.ndarray, K: np.ndarray, h
     n = len(views)
     if not (len(c2w) == len(K) == len(hw) == n):
         raise ValueError(f"{key}: {n} views but {len(c2w)} c2w, {len(K)} K, {len(hw)} hw")
-    if n > 1000:
-        raise ValueError(f"{key}: {n} views; format v1 numbers views with 3 digits (at most 1000)")
+    if n > MAX_VIEWS:
+        raise ValueError(f"{key}: {n} views; format v1 numbers views with 3 digits (at most {MAX_VIEWS})")
     sample = {"__key__": key}
     for i, v in enumerate(views):
         if v["rgba"].dtype != np.uint8 or v["rgba"].shape[-1] != 4:
             raise ValueError(f"{key} view {i}: rgba must be uint8 (H, W, 4), got {v['rgba'].dtype} {v['rgba'].shape}")
         if v["depth"].dtype != np.uint16:
             raise ValueError(f"{key} view {i}: depth must be uint16, got {v['depth'].dtype}")
-        sample[f"{i:03d}.rgba.png"] = encode_png(v["rgba"])
-        sample[f"{i:03d}.depth.png"] = encode_png(v["depth"])
+        sample[view_member(i, "rgba")] = encode_png(v["rgba"])
+        sample[view_member(i, "depth")] = encode_png(v["depth"])
         if v.get("normal") is not None:
-            sample[f"{i:03d}.normal.png"] = encode_png(v["normal"])
-    sample["cameras.npz"] = encode_cameras(c2w, K, hw)
-    sample["meta.json"] = json.dumps({"format": FORMAT, "num_views": n, **meta}, sort_keys=True).encode()
+            sample[view_member(i, "normal")] = encode_png(v["normal"])
+    sample[CAMERAS] = encode_cameras(c2w, K, hw)
+    sample[META] = json.dumps({"format": FORMAT, "num_views": n, **meta}, sort_keys=True).encode()
     return sample
 
 

@@ -1,10 +1,11 @@
-"""Decoding shard format v1 samples — only the views a sample needs.
+"""Reading shard format v1 samples — only the views a sample needs.
 
-A sample arrives as webdataset yields it: a dict of raw bytes keyed by member suffix (``__key__``, ``__url__``,
-``000.rgba.png``, ``000.depth.png``, optional ``000.normal.png``, ``cameras.npz``, ``meta.json``). The cheap
-members (``meta.json``, ``cameras.npz``) are parsed first so the caller can pick view indices; then only the
-PNGs of those views are decoded. Every problem with the data raises :class:`CorruptSampleError` naming the
-sample key, the member and the reason, so the loader can report and skip the sample.
+A sample is a mapping of raw bytes keyed by member suffix (``__key__``, ``__url__``, ``000.rgba.png``,
+``000.depth.png``, optional ``000.normal.png``, ``cameras.npz``, ``meta.json``), as webdataset yields it or as a
+:class:`~render_farm.shards.tar_index.LazySample` that reads a member only when asked. The cheap members
+(``meta.json``, ``cameras.npz``: :func:`read_header`) are parsed first so the caller can pick view indices; then
+only the PNGs of those views are decoded. Every problem with the data raises :class:`CorruptSampleError` naming
+the sample key, the member and the reason, so a reader can report and skip the sample.
 
 Decoded arrays (H, W = the stored image size, ``hw`` in cameras.npz)::
 
@@ -25,10 +26,11 @@ import zipfile
 import cv2
 import numpy as np
 
-FORMAT = "lift3d-shard-v1"
+from render_farm.shards.spec import CAMERAS, FORMAT, META, view_member
 
 #: Error kinds used for the loader's counters (``ShardDataModule.errors``).
-KINDS = ("shard_read", "truncated_shard", "missing_member", "bad_png", "bad_cameras", "bad_meta", "bad_views", "decode_error")
+KINDS = ("shard_read", "truncated_shard", "missing_member", "bad_png", "bad_cameras", "bad_meta", "bad_views",
+         "decode_error")
 
 
 class CorruptSampleError(ValueError):
@@ -64,17 +66,17 @@ def read_meta(sample: dict) -> dict:
     """Parsed ``meta.json``; checks the format tag and ``depth_scale``."""
     key = sample_key(sample)
     try:
-        meta = json.loads(_member(sample, "meta.json"))
+        meta = json.loads(_member(sample, META))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptSampleError(key, "meta.json", f"not valid JSON ({exc})", kind="bad_meta") from exc
+        raise CorruptSampleError(key, META, f"not valid JSON ({exc})", kind="bad_meta") from exc
     if not isinstance(meta, dict):
-        raise CorruptSampleError(key, "meta.json", f"expected a JSON object, got {type(meta).__name__}", "bad_meta")
+        raise CorruptSampleError(key, META, f"expected a JSON object, got {type(meta).__name__}", "bad_meta")
     if meta.get("format") != FORMAT:
-        raise CorruptSampleError(key, "meta.json", f"format is {meta.get('format')!r}, expected {FORMAT!r}",
+        raise CorruptSampleError(key, META, f"format is {meta.get('format')!r}, expected {FORMAT!r}",
                                  kind="bad_meta")
     scale = meta.get("depth_scale")
     if not isinstance(scale, (int, float)) or not scale > 0:
-        raise CorruptSampleError(key, "meta.json", f"depth_scale must be a positive number, got {scale!r}",
+        raise CorruptSampleError(key, META, f"depth_scale must be a positive number, got {scale!r}",
                                  kind="bad_meta")
     return meta
 
@@ -82,26 +84,26 @@ def read_meta(sample: dict) -> dict:
 def read_cameras(sample: dict, num_views: int | None = None) -> dict[str, np.ndarray]:
     """``c2w`` (V,4,4) float32, ``K`` (V,3,3) float32, ``hw`` (V,2) int32 from ``cameras.npz``, shape-checked."""
     key = sample_key(sample)
-    raw = _member(sample, "cameras.npz")
+    raw = _member(sample, CAMERAS)
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             cams = {name: np.asarray(npz[name]) for name in ("c2w", "K", "hw")}
     except KeyError as exc:
-        raise CorruptSampleError(key, "cameras.npz", f"array {exc} is missing; expected c2w, K and hw",
+        raise CorruptSampleError(key, CAMERAS, f"array {exc} is missing; expected c2w, K and hw",
                                  kind="bad_cameras") from exc
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise CorruptSampleError(key, "cameras.npz", f"not a readable .npz ({exc})", kind="bad_cameras") from exc
+        raise CorruptSampleError(key, CAMERAS, f"not a readable .npz ({exc})", kind="bad_cameras") from exc
     v = len(cams["c2w"])
     expected = {"c2w": (v, 4, 4), "K": (v, 3, 3), "hw": (v, 2)}
     for name, shape in expected.items():
         if cams[name].shape != shape:
-            raise CorruptSampleError(key, "cameras.npz", f"{name} has shape {cams[name].shape}, expected {shape}",
+            raise CorruptSampleError(key, CAMERAS, f"{name} has shape {cams[name].shape}, expected {shape}",
                                      kind="bad_cameras")
     if num_views is not None and v != num_views:
-        raise CorruptSampleError(key, "cameras.npz", f"{v} cameras but meta.json num_views is {num_views}",
+        raise CorruptSampleError(key, CAMERAS, f"{v} cameras but meta.json num_views is {num_views}",
                                  kind="bad_cameras")
     if not (np.isfinite(cams["c2w"]).all() and np.isfinite(cams["K"]).all()):
-        raise CorruptSampleError(key, "cameras.npz", "c2w or K holds NaN/inf", kind="bad_cameras")
+        raise CorruptSampleError(key, CAMERAS, "c2w or K holds NaN/inf", kind="bad_cameras")
     return {"c2w": cams["c2w"].astype(np.float32), "K": cams["K"].astype(np.float32),
             "hw": cams["hw"].astype(np.int32)}
 
@@ -113,9 +115,17 @@ def view_roles(meta: dict, num_views: int, key: str = "?") -> list[str]:
         return ["gt"] * num_views
     if not isinstance(roles, list) or len(roles) != num_views:
         got = len(roles) if isinstance(roles, list) else type(roles).__name__
-        raise CorruptSampleError(key, "meta.json", f"view_roles must list {num_views} roles, got {got}",
+        raise CorruptSampleError(key, META, f"view_roles must list {num_views} roles, got {got}",
                                  kind="bad_meta")
     return [str(r) for r in roles]
+
+
+def read_header(sample: dict) -> tuple[dict, dict[str, np.ndarray], list[str]]:
+    """(meta, cameras, view roles) of a sample, checked against each other: the cheap members a caller reads
+    before it picks views (``num_views`` cameras when meta.json gives it, one role per camera)."""
+    meta = read_meta(sample)
+    cams = read_cameras(sample, meta.get("num_views"))
+    return meta, cams, view_roles(meta, len(cams["c2w"]), sample_key(sample))
 
 
 def _decode_png(sample: dict, name: str, channels: int, dtype, hw) -> np.ndarray:
@@ -139,7 +149,7 @@ def _decode_png(sample: dict, name: str, channels: int, dtype, hw) -> np.ndarray
 
 def decode_bgra(sample: dict, view: int, hw=None) -> np.ndarray:
     """(H, W, 4) uint8 in OpenCV's BGRA order, straight alpha (what cv2 decodes; no conversion)."""
-    return _decode_png(sample, f"{view:03d}.rgba.png", 4, np.uint8, hw)
+    return _decode_png(sample, view_member(view, "rgba"), 4, np.uint8, hw)
 
 
 def decode_rgba(sample: dict, view: int, hw=None) -> np.ndarray:
@@ -149,7 +159,7 @@ def decode_rgba(sample: dict, view: int, hw=None) -> np.ndarray:
 
 def decode_depth_raw(sample: dict, view: int, hw=None) -> np.ndarray:
     """(H, W) uint16 as stored (depth × depth_scale)."""
-    return _decode_png(sample, f"{view:03d}.depth.png", 1, np.uint16, hw)
+    return _decode_png(sample, view_member(view, "depth"), 1, np.uint16, hw)
 
 
 def decode_depth(sample: dict, view: int, depth_scale: float, hw=None) -> np.ndarray:
@@ -159,7 +169,7 @@ def decode_depth(sample: dict, view: int, depth_scale: float, hw=None) -> np.nda
 
 def decode_normal(sample: dict, view: int, hw=None) -> np.ndarray:
     """(H, W, 3) float32 world-space normals in [-1, 1]; 0 where the stored pixel is (0, 0, 0)."""
-    bgr = _decode_png(sample, f"{view:03d}.normal.png", 3, np.uint8, hw)
+    bgr = _decode_png(sample, view_member(view, "normal"), 3, np.uint8, hw)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     n = rgb.astype(np.float32) * np.float32(2.0 / 255.0) - 1.0
     n[(rgb == 0).all(axis=-1)] = 0.0
@@ -171,8 +181,8 @@ def check_views(sample: dict, indices, num_views: int, normals: bool = False) ->
     key = sample_key(sample)
     for i in indices:
         if not 0 <= int(i) < num_views:
-            raise CorruptSampleError(key, f"{int(i):03d}.rgba.png", f"view {int(i)} is outside 0..{num_views - 1}",
+            raise CorruptSampleError(key, view_member(i, "rgba"), f"view {int(i)} is outside 0..{num_views - 1}",
                                      kind="bad_views")
         kinds = ("rgba", "depth", "normal") if normals else ("rgba", "depth")
         for kind in kinds:
-            _member(sample, f"{int(i):03d}.{kind}.png")
+            _member(sample, view_member(i, kind))

@@ -1,4 +1,8 @@
-"""Seek-based reading of local tar shards: headers are scanned, member bytes are read only when asked for.
+"""Finding shards, and seek-based reading of local tar shards: headers are scanned, member bytes are read only
+when asked for.
+
+:func:`resolve_shards` turns what a user passes (files, globs, brace patterns, a shard directory or its
+``index.json``, or a list of these) into shard URLs plus the sample counts ``index.json`` records.
 
 A format-v1 sample holds 2–3 PNGs per view (32–40 views) but a training step uses a handful of views. Python's
 streaming ``tarfile`` (what ``webdataset.tarfile_to_samples`` uses) parses and reads every member; here each
@@ -13,10 +17,15 @@ end-of-archive marker (``truncated_shard``) ends the shard after its intact samp
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from typing import Union
+
+import braceexpand
 
 BLOCK = 512
 _NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -31,6 +40,50 @@ class TarScanError(Exception):
         self.url, self.key, self.member, self.reason, self.kind = url, key, member, reason, kind
         self.dropped = dropped  # the key of a sample lost with the damage, if any
         super().__init__(f"{url}: {reason}")
+
+
+def index_counts(directory: str) -> dict[str, int]:
+    """{shard path: sample count} from ``directory``'s ``index.json`` ({} without one)."""
+    path = os.path.join(directory, "index.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        doc = json.load(f)
+    return {os.path.join(directory, s["url"]): int(s["nsamples"]) for s in doc.get("shardlist", [])}
+
+
+def resolve_shards(spec: Union[str, list[str]]) -> tuple[list[str], dict[str, int]]:
+    """Shard URLs and known sample counts from brace patterns, globs, a directory / index.json, or a list."""
+    if isinstance(spec, (list, tuple)):
+        urls, counts = [], {}
+        for s in spec:
+            u, c = resolve_shards(s)
+            urls += u
+            counts.update(c)
+        return urls, counts
+    spec = os.path.expanduser(str(spec))
+    if os.path.isdir(spec) or os.path.basename(spec) == "index.json":
+        directory = spec if os.path.isdir(spec) else os.path.dirname(spec)
+        counts = index_counts(directory)
+        urls = sorted(counts) or sorted(glob.glob(os.path.join(directory, "*.tar")))
+        if not urls:
+            raise FileNotFoundError(f"no shards in {directory!r} (no index.json and no *.tar): render some with "
+                                    f"`lift3d-render ... --out {spec}` or point the shards option elsewhere")
+        return urls, counts
+    urls = list(braceexpand.braceexpand(spec))
+    if "://" in spec or spec.startswith("pipe:"):
+        return urls, {}  # remote: no globbing, no index
+    expanded = []
+    for u in urls:
+        matches = sorted(glob.glob(u)) if glob.has_magic(u) else [u]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise FileNotFoundError(f"no shard matches {u!r} (from {spec!r}, cwd {os.getcwd()}); "
+                                    "expected a .tar path, glob, brace pattern or a shard directory")
+        expanded += matches
+    counts = {}
+    for d in sorted({os.path.dirname(u) for u in expanded}):
+        counts.update({u: n for u, n in index_counts(d).items() if u in set(expanded)})
+    return expanded, counts
 
 
 def _fd(path: str) -> int:
