@@ -117,3 +117,10 @@ def test_bad_inputs_stop_with_the_file_and_the_fix(tmp_path):
               str(tmp_path / "o"), "--wandb-mode", "disabled", "--accelerator", "cpu"])
     with pytest.raises(SystemExit, match="--mesh-level 'high'"):
         main(["--ckpt", "m.ckpt", "--shards", str(shard), "--mesh-level", "high"])
+
+
+def test_the_old_module_path_is_the_command():
+    """``lightning_modules.evaluate`` (the path before the evaluation package) is the module with ``main``."""
+    import lightning_modules.evaluate as old
+
+    assert old.main is main and old.parser is parser
