@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
 import traceback
 from dataclasses import dataclass
 
@@ -48,7 +47,7 @@ import pycolmap
 from geometry.cameras import invert_rigid, scale_intrinsics
 from geometry.image import resize, resize_nearest
 from geometry.normalization import normalization_from_bounds
-from render_farm.shards import ShardWriter, encode_sample
+from render_farm.shards import ShardWriter, encode_sample, sanitise_key
 from render_farm.tasks import resolve_task, task_slice
 
 LICENCE = "MVImgNet Terms of Use (non-commercial research)"
@@ -80,7 +79,7 @@ class Video:
 
 
 def video_key(category: str, name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"mvimgnet-{category}-{name}")
+    return sanitise_key(f"mvimgnet-{category}-{name}")
 
 
 def list_videos(root: str) -> list[Video]:

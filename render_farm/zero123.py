@@ -1,26 +1,9 @@
 """The Zero123 prediction pass of One-2-3-45: render shards (``one2345`` rig) → shards with 32 predicted views.
 
-For every object, a view-conditioned diffusion model (Zero123 / Zero123-XL on diffusers' building blocks, weights
-from a local directory) predicts each ground-truth view's 4 neighbours (±10° elevation/azimuth) from that view and
-the relative camera. The new sample holds the object's 40 original views byte-for-byte plus the 32 predictions.
-
-Legend (real Zero123 / the tiny test pipeline)
-    N   (image, relative camera) pairs in one UNet call (``batch_size``; doubled for classifier-free guidance)
-    S   image side of the model = UNet ``sample_size`` × VAE scale factor (256 / 64)
-    s   latent side S / f, f = 2^(len(vae.block_out_channels) - 1) (32 / 16)
-    E   CLIP image-embedding size (``projection_dim``; 768 / 32); D: UNet ``cross_attention_dim`` (768 / 32)
-
-Pipeline (one denoising run of N pairs)::
-
-    cond image (N,S,S,3) over white ─┬─ CLIPImageProcessor → CLIPVisionModelWithProjection → image_embeds (N,1,E)
-                                     │                   ⊕ [Δθ, sin Δφ, cos Δφ, Δr] (N,1,4)
-                                     │                   → cc_projection Linear(E+4 → D) → encoder_hidden_states (N,1,D)
-                                     └─ ×2 − 1 → VAE encode → latent_dist.mode() (N,4,s,s), *unscaled* (as Zero123)
-    noise x_T (N,4,s,s), one torch.Generator per pair ─ DDIM loop:
-        UNet([x_t ⊕ image latent] (N,8,s,s), t, hidden states) → ε
-        guidance w > 1: the batch is [uncond; cond] (2N): uncond = zero hidden states and zero image latents;
-                        ε = ε_u + w (ε_c − ε_u).  w ≤ 1: the conditional branch only.
-    x_0 / vae.scaling_factor → VAE decode → (x + 1) / 2 clamped → RGB (N,S,S,3) in [0, 1]
+For every object, Zero123 / Zero123-XL (``lightning_modules.networks.zero123``, weights from a local directory)
+predicts each ground-truth view's 4 neighbours (±10° elevation/azimuth) from that view and the relative camera. The
+new sample holds the object's 40 original views byte-for-byte plus the 32 predictions. Shards are read and written
+through ``render_farm.shards`` (the format's one home).
 
 Pass (one task of ``lift3d-render zero123``)::
 
@@ -39,79 +22,34 @@ so a resumed run writes the same bytes as an uninterrupted one. Defaults follow 
 from __future__ import annotations
 
 import argparse
-import glob
+import contextlib
 import hashlib
-import io
 import json
 import os
-import pickle
 import sys
-import tarfile
 import time
 import traceback
-import zipfile
 from dataclasses import dataclass, field
 
 import cv2
 import diffusers
 import numpy as np
-import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils.torch_utils import randn_tensor
 
 from geometry.cameras import zero123_relative_camera
 from geometry.image import resize
-from render_farm.shards import FORMAT, ShardWriter, encode_cameras, encode_png
+from lightning_modules.networks.zero123 import (WeightsError, Zero123Pipeline, check_weights_dir, resolve_device,
+                                                zero123_condition)
+from render_farm.shards import (CAMERAS, MAX_VIEWS, META, CorruptSampleError, ShardWriter, TarScanError,
+                                check_views, decode_rgba, encode_cameras, encode_png, read_header, resolve_shards,
+                                sample_key, scan_samples, view_member)
 from render_farm.tasks import report_task, resolve_task, task_slice
 
-#: subfolder → what it must hold (a diffusers Zero123 checkpoint, e.g. kxic/zero123-xl-diffusers)
-COMPONENTS = {
-    "unet": "UNet2DConditionModel (config.json + weights), 8 input channels",
-    "vae": "AutoencoderKL (config.json + weights)",
-    "image_encoder": "transformers CLIPVisionModelWithProjection (config.json + weights)",
-    "feature_extractor": "transformers CLIPImageProcessor (preprocessor_config.json)",
-    "scheduler": "DDIMScheduler (scheduler_config.json)",
-    "cc_projection": "CCProjection (config.json + weights: a Linear 'projection', CLIP size + 4 → UNet cross-attention)",
-}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PRED_ROLE = "zero123_pred"
 NEIGHBOUR_ROLE = "gt_neighbor"
 
 
-class WeightsError(Exception):
-    """The weights directory is missing or not laid out as a diffusers Zero123 checkpoint."""
-
-
 class SampleError(Exception):
     """An input sample that cannot be predicted (recorded in the failure manifest; the run goes on)."""
-
-
-# ------------------------------------------------------------------------------------------------- the pipeline
-class CCProjection(ModelMixin, ConfigMixin):
-    """Zero123's camera-conditioning projection: [CLIP embedding ⊕ relative camera] → cross-attention states.
-
-    Same config keys and parameter names (``projection.weight``/``projection.bias``) as the ``cc_projection/``
-    folder of real diffusers Zero123 checkpoints, so their weights load unchanged.
-    """
-
-    @register_to_config
-    def __init__(self, in_channel: int = 772, out_channel: int = 768):
-        super().__init__()
-        self.in_channel, self.out_channel = in_channel, out_channel
-        self.projection = torch.nn.Linear(in_channel, out_channel)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection(x)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
-    return torch.device(device)
 
 
 def view_seed(seed: int, key: str, view: int) -> int:
@@ -120,220 +58,48 @@ def view_seed(seed: int, key: str, view: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def check_weights_dir(path: str) -> None:
-    """Raises :class:`WeightsError` naming the path and what is expected when the layout is wrong."""
-    if not os.path.isdir(path):
-        raise WeightsError(f"Zero123 weights directory not found: {path!r}. Expected a local diffusers Zero123 "
-                           f"checkpoint (e.g. a download of kxic/zero123-xl-diffusers) with subfolders "
-                           f"{', '.join(f'{k}/' for k in COMPONENTS)}.")
-    missing = [k for k in COMPONENTS if not os.path.isdir(os.path.join(path, k))]
-    if missing:
-        raise WeightsError(f"Zero123 weights directory {path!r} lacks " + "; ".join(
-            f"{os.path.join(path, k)}/ ({COMPONENTS[k]})" for k in missing))
-
-
-def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    if any(p.dtype != dtype for p in module.parameters()):
-        module = module.to(dtype=dtype)
-    return module.to(device).eval()
-
-
-class Zero123Pipeline:
-    """Zero123 novel-view prediction from diffusers components; many (image, relative camera) pairs per call."""
-
-    def __init__(self, vae: AutoencoderKL, image_encoder, feature_extractor, unet: UNet2DConditionModel,
-                 scheduler: DDIMScheduler, cc_projection: CCProjection, device: str | torch.device = "auto",
-                 dtype: str | torch.dtype = "float32"):
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-        self.vae, self.image_encoder, self.unet, self.cc_projection = (
-            _place(m, self.device, self.dtype) for m in (vae, image_encoder, unet, cc_projection))
-        self.feature_extractor, self.scheduler = feature_extractor, scheduler
-        if unet.config.in_channels != 2 * vae.config.latent_channels:
-            raise ValueError(f"Zero123's UNet takes the noisy latents and the image latents on channels: "
-                             f"in_channels must be {2 * vae.config.latent_channels}, got {unet.config.in_channels}")
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.image_size = int(unet.config.sample_size) * self.vae_scale_factor
-
-    @classmethod
-    def from_pretrained(cls, path: str, device: str = "auto", dtype: str = "float32") -> "Zero123Pipeline":
-        """Load each component from its subfolder of a local directory (never the hub, never model_index.json's
-        community pipeline module)."""
-        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
-
-        check_weights_dir(path)
-        torch_dtype = DTYPES[dtype]
-        kw = {"local_files_only": True}
-        dkw = dict(kw, low_cpu_mem_usage=False)  # no `accelerate` needed (it is not a dependency)
-        try:
-            parts = {
-                "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype, **dkw),
-                "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype, **dkw),
-                "image_encoder": CLIPVisionModelWithProjection.from_pretrained(
-                    path, subfolder="image_encoder", torch_dtype=torch_dtype, **kw),
-                "feature_extractor": CLIPImageProcessor.from_pretrained(path, subfolder="feature_extractor", **kw),
-                "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler", **kw),
-                "cc_projection": CCProjection.from_pretrained(path, subfolder="cc_projection",
-                                                              torch_dtype=torch_dtype, **dkw),
-            }
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot load the Zero123 checkpoint in {path!r}: {exc}") from exc
-        return cls(**parts, device=device, dtype=dtype)
-
-    # --- conditioning ---------------------------------------------------------------------------------------
-    def _to_float_images(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be RGB (N, H, W, 3), got shape {images.shape}")
-        if images.shape[1:3] != (self.image_size, self.image_size):
-            raise ValueError(f"images must be the model's size {self.image_size}×{self.image_size}, got "
-                             f"{images.shape[1]}×{images.shape[2]} (resize them first)")
-        if images.dtype == np.uint8:
-            return images.astype(np.float32) / 255.0
-        return np.clip(images.astype(np.float32), 0.0, 1.0)
-
-    @torch.no_grad()
-    def encode_condition(self, images: np.ndarray, cameras: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(encoder_hidden_states (N,1,D), unscaled image latents (N,4,s,s)) of float RGB images in [0, 1]."""
-        pixels = self.feature_extractor(images=list(images), do_rescale=False, return_tensors="pt").pixel_values
-        embeds = self.image_encoder(pixels.to(self.device, self.dtype)).image_embeds[:, None]  # (N,1,E)
-        cam = torch.as_tensor(np.asarray(cameras, np.float32), device=self.device, dtype=self.dtype)[:, None]
-        hidden = self.cc_projection(torch.cat([embeds, cam], dim=-1))  # (N,1,E+4) → (N,1,D)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).to(self.device, self.dtype) * 2.0 - 1.0  # (N,3,S,S)
-        latents = self.vae.encode(x).latent_dist.mode()  # (N,4,s,s); Zero123 does not scale c_concat
-        return hidden, latents
-
-    # --- sampling -------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def __call__(self, images, relative_cameras, seeds, num_inference_steps: int = 50, guidance_scale: float = 3.0,
-                 eta: float = 1.0, batch_size: int = 32) -> np.ndarray:
-        """Predict the view of each pair. ``images``: (N,S,S,3) RGB over white, float [0,1] or uint8;
-        ``relative_cameras``: (N,4) rows [Δθ, sin Δφ, cos Δφ, Δr] (see :func:`zero123_condition`) or (N,3)
-        rows (Δθ, Δφ, Δr) in radians; ``seeds``: one generator seed per pair. Returns (N,S,S,3) float32 in [0,1].
-        """
-        images = self._to_float_images(images)
-        cams = np.asarray(relative_cameras, np.float64).reshape(len(images), -1)
-        if cams.shape[1] == 3:
-            cams = zero123_condition(cams[:, 0], cams[:, 1], cams[:, 2])
-        if cams.shape[1] != 4 or len(seeds) != len(images):
-            raise ValueError(f"{len(images)} images need {len(images)} relative cameras of 3 or 4 numbers and "
-                             f"{len(images)} seeds; got cameras {cams.shape} and {len(seeds)} seeds")
-        if num_inference_steps < 1 or batch_size < 1:
-            raise ValueError(f"num_inference_steps ({num_inference_steps}) and batch_size ({batch_size}) must be ≥ 1")
-        out = [self._sample(images[i:i + batch_size], cams[i:i + batch_size], seeds[i:i + batch_size],
-                            num_inference_steps, guidance_scale, eta) for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.float32)
-
-    def _sample(self, images, cams, seeds, steps, guidance_scale, eta) -> np.ndarray:
-        n = len(images)
-        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        hidden, image_latents = self.encode_condition(images, cams)
-        guided = guidance_scale > 1.0
-        if guided:  # [uncond; cond]: zero cross-attention states and zero image latents (Zero123's uc)
-            hidden = torch.cat([torch.zeros_like(hidden), hidden])
-            image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
-        s = self.image_size // self.vae_scale_factor
-        latents = randn_tensor((n, self.vae.config.latent_channels, s, s), generator=generators, device=self.device,
-                               dtype=self.dtype) * self.scheduler.init_noise_sigma  # x_T (N,4,s,s)
-        self.scheduler.set_timesteps(steps, device=self.device)
-        for t in self.scheduler.timesteps:
-            x = torch.cat([latents] * 2) if guided else latents
-            x = torch.cat([self.scheduler.scale_model_input(x, t), image_latents], dim=1)  # (N or 2N, 8, s, s)
-            eps = self.unet(x, t, encoder_hidden_states=hidden).sample
-            if guided:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + guidance_scale * (eps_c - eps_u)
-            latents = self.scheduler.step(eps, t, latents, eta=eta, generator=generators).prev_sample
-        rgb = self.vae.decode(latents / self.vae.config.scaling_factor).sample  # (N,3,S,S) in [-1,1]
-        return ((rgb.float() / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def zero123_condition(d_theta, d_azimuth, d_radius) -> np.ndarray:
-    """Zero123's conditioning rows [Δθ, sin Δφ, cos Δφ, Δr] (radians) of relative cameras, (N, 4) float32."""
-    d_theta, d_azimuth, d_radius = (np.atleast_1d(np.asarray(v, np.float64)) for v in (d_theta, d_azimuth, d_radius))
-    return np.stack([d_theta, np.sin(d_azimuth), np.cos(d_azimuth), d_radius], axis=-1).astype(np.float32)
-
-
 # ------------------------------------------------------------------------------------------------ reading shards
 def list_shards(patterns: list[str]) -> list[str]:
-    """Tar shards named by globs, directories (their ``*.tar``) or files; sorted absolute paths."""
-    found = set()
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found.update(glob.glob(os.path.join(pattern, "*.tar")))
-        elif os.path.isfile(pattern):
-            found.add(pattern)
-        else:
-            found.update(p for p in glob.glob(pattern) if os.path.isfile(p))
-    return sorted(os.path.abspath(p) for p in found)
-
-
-def iter_samples(shard: str):
-    """(key, {member suffix: bytes}) per WebDataset sample of a tar (members of a sample are consecutive).
-
-    A tar that cannot be read raises ``tarfile.TarError``/``OSError`` after the samples read before the damage."""
-    key, members = None, {}
-    with tarfile.open(shard) as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            name = os.path.basename(info.name)
-            k, _, suffix = name.partition(".")
-            if k != key and members:
-                yield key, members
-                members = {}
-            key = k
-            members[suffix] = tar.extractfile(info).read()
-    if members:
-        yield key, members
+    """The local shards ``patterns`` name (files, globs, brace patterns, directories: ``render_farm.shards``'s
+    rules), once each, as sorted absolute paths. Raises ``FileNotFoundError`` naming a pattern that matches nothing
+    or a shard that is not a local file."""
+    urls, _ = resolve_shards(list(patterns))
+    for url in urls:
+        if not os.path.isfile(url):
+            raise FileNotFoundError(f"{url!r} is not a local file: the Zero123 pass reads local .tar shards")
+    return sorted({os.path.abspath(u) for u in urls})
 
 
 def _read_shard(shard: str, fail):
     """The samples of a shard; damage (after the samples before it) goes to ``fail`` as ``shard:<name>``."""
     try:
-        yield from iter_samples(shard)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+        yield from scan_samples(shard)
+    except (TarScanError, OSError) as exc:
         fail(f"shard:{os.path.basename(shard)}", f"unreadable shard {shard}: {type(exc).__name__}: {exc}",
              traceback.format_exc(), shard=shard)
 
 
-def _decode_rgba(data: bytes, where: str) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or img.ndim != 3 or img.shape[2] != 4 or img.dtype != np.uint8:
-        raise SampleError(f"{where}: not an 8-bit RGBA PNG")
-    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-
-
-def _parse_object(key: str, members: dict) -> tuple[dict, dict, list[tuple[int, list[int]]]]:
-    """(meta, cameras, [(gt view, its neighbour views)]) of a one2345 sample; :class:`SampleError` otherwise."""
-    for name in ("meta.json", "cameras.npz"):
-        if name not in members:
-            raise SampleError(f"member {key}.{name} is missing")
+@contextlib.contextmanager
+def _unreadable():
+    """The format reader's :class:`CorruptSampleError` as this pass's :class:`SampleError` (key, member, reason)."""
     try:
-        meta = json.loads(members["meta.json"])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise SampleError(f"{key}.meta.json is not JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise SampleError(f"{key}.meta.json: format is not {FORMAT!r}")
+        yield
+    except CorruptSampleError as exc:
+        raise SampleError(f"{exc.key}.{exc.member} is unreadable: {exc.reason}") from exc
+
+
+def _parse_object(sample) -> tuple[dict, dict, list[str], list[tuple[int, list[int]]]]:
+    """(meta, cameras, view roles, [(gt view, its neighbour views)]) of a one2345 sample; :class:`SampleError`
+    otherwise (the format's checks are ``render_farm.shards.read_header``'s and ``check_views``')."""
+    key = sample_key(sample)
+    meta, cams, roles = read_header(sample)
     if "predictions_of" in meta:
         raise SampleError("the sample already holds Zero123 predictions (an output of this pass, not a render shard)")
     if "neighbours_of" not in meta:
         rig = meta["render"].get("rig") if isinstance(meta.get("render"), dict) else None
         raise SampleError(f"meta.json has no neighbours_of (rig {rig!r}); the Zero123 pass needs shards rendered "
                           f"with --rig one2345")
-    try:
-        with np.load(io.BytesIO(members["cameras.npz"]), allow_pickle=False) as npz:
-            cams = {k: np.asarray(npz[k]) for k in ("c2w", "K", "hw")}
-    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-        raise SampleError(f"{key}.cameras.npz is unreadable: {type(exc).__name__}: {exc}") from exc
-    roles = meta.get("view_roles", [])
     n = len(roles)
-    if meta.get("num_views") != n or cams["c2w"].shape != (n, 4, 4) or cams["K"].shape != (n, 3, 3) \
-            or cams["hw"].shape != (n, 2):
-        raise SampleError(f"{n} view roles, num_views {meta.get('num_views')}, cameras c2w {cams['c2w'].shape} "
-                          f"K {cams['K'].shape} hw {cams['hw'].shape} do not agree")
     pairs = []
     try:
         items = sorted(meta["neighbours_of"].items(), key=lambda kv: int(kv[0]))
@@ -345,16 +111,13 @@ def _parse_object(key: str, members: dict) -> tuple[dict, dict, list[tuple[int, 
                 or not all(isinstance(v, int) and 0 <= v < n for v in nbrs):
             raise SampleError(f"neighbours_of[{g_str}] = {nbrs} does not name a gt view and views within 0..{n - 1}")
         pairs.append((g, list(nbrs)))
-    for i in range(n):
-        for kind in ("rgba", "depth"):
-            if f"{i:03d}.{kind}.png" not in members:
-                raise SampleError(f"member {key}.{i:03d}.{kind}.png is missing")
-    strays = sorted(k for k in members if k[:3].isdigit() and int(k[:3]) >= n)
+    check_views(sample, range(n), n)
+    strays = sorted(k for k in sample if k[:3].isdigit() and int(k[:3]) >= n)
     if strays:
         raise SampleError(f"members beyond the {n} views of meta.json: {', '.join(strays[:4])}")
-    if n + sum(len(v) for _, v in pairs) > 1000:
-        raise SampleError("too many views for format v1 (at most 1000)")
-    return meta, cams, pairs
+    if n + sum(len(v) for _, v in pairs) > MAX_VIEWS:
+        raise SampleError(f"too many views for format v1 (at most {MAX_VIEWS})")
+    return meta, cams, roles, pairs
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -381,16 +144,20 @@ class PassSettings:
     dtype: str = "float32"
 
 
-def predict_object(pipe: Zero123Pipeline, key: str, members: dict, cfg: PassSettings) -> tuple[dict, dict]:
-    """(format-v1 sample with the predictions appended, done-list record) of one one2345 render sample."""
+def predict_object(pipe: Zero123Pipeline, sample, cfg: PassSettings) -> tuple[dict, dict]:
+    """(format-v1 sample with the predictions appended, done-list record) of one one2345 render sample (a mapping
+    of member bytes with ``__key__``, as ``render_farm.shards.scan_samples`` yields it)."""
     t0 = time.time()
-    meta, cams, pairs = _parse_object(key, members)
-    n = len(meta["view_roles"])
+    key = sample_key(sample)
+    with _unreadable():
+        meta, cams, roles, pairs = _parse_object(sample)
+    n = len(roles)
     size = pipe.image_size
     conds, rel, seeds, targets = {}, [], [], []
     for g, nbrs in pairs:
         if g not in conds:
-            conds[g] = condition_image(_decode_rgba(members[f"{g:03d}.rgba.png"], f"{key}.{g:03d}.rgba.png"), size)
+            with _unreadable():
+                conds[g] = condition_image(decode_rgba(sample, g), size)
         for v in nbrs:
             rel.append(zero123_relative_camera(cams["c2w"][g], cams["c2w"][v]))
             seeds.append(view_seed(cfg.seed, key, n + len(targets)))
@@ -400,26 +167,26 @@ def predict_object(pipe: Zero123Pipeline, key: str, members: dict, cfg: PassSett
     preds = pipe(images, zero123_condition(rel[:, 0], rel[:, 1], rel[:, 2]), seeds, cfg.steps, cfg.guidance_scale,
                  cfg.eta, cfg.batch_size)
 
-    sample = {"__key__": key}
-    sample.update({k: v for k, v in members.items() if k not in ("meta.json", "cameras.npz")})  # byte-for-byte
+    out = {"__key__": key}
+    out.update({k: sample[k] for k in sample if not k.startswith("__") and k not in (META, CAMERAS)})  # byte-for-byte
     predictions_of: dict[str, list[int]] = {}
     for j, ((g, v), pred) in enumerate(zip(targets, preds)):
         idx = n + j
         h, w = (int(x) for x in cams["hw"][v])
         rgb = _resize((np.clip(pred, 0, 1) * 255.0 + 0.5).astype(np.uint8), h, w)
         rgba = np.concatenate([rgb, np.full((h, w, 1), 255, np.uint8)], axis=-1)
-        sample[f"{idx:03d}.rgba.png"] = encode_png(rgba)
-        sample[f"{idx:03d}.depth.png"] = encode_png(np.zeros((h, w), np.uint16))
+        out[view_member(idx, "rgba")] = encode_png(rgba)
+        out[view_member(idx, "depth")] = encode_png(np.zeros((h, w), np.uint16))
         predictions_of.setdefault(str(g), []).append(idx)
     views = np.concatenate([np.arange(n), np.array([v for _, v in targets], dtype=np.int64)])  # ground-truth poses
-    sample["cameras.npz"] = encode_cameras(cams["c2w"][views], cams["K"][views], cams["hw"][views])
-    meta = dict(meta, num_views=n + len(targets), view_roles=list(meta["view_roles"]) + [PRED_ROLE] * len(targets),
+    out[CAMERAS] = encode_cameras(cams["c2w"][views], cams["K"][views], cams["hw"][views])
+    meta = dict(meta, num_views=n + len(targets), view_roles=roles + [PRED_ROLE] * len(targets),
                 predictions_of=predictions_of, predicted_views={"alpha": "opaque", "depth": "none"},
                 zero123={"weights": os.path.basename(os.path.normpath(cfg.weights)), "steps": cfg.steps,
                          "guidance_scale": cfg.guidance_scale, "eta": cfg.eta, "seed": cfg.seed, "image_size": size,
                          "dtype": cfg.dtype, "diffusers": diffusers.__version__})
-    sample["meta.json"] = json.dumps(meta, sort_keys=True).encode()
-    return sample, {"views": n + len(targets), "predicted": len(targets), "seconds": round(time.time() - t0, 3)}
+    out[META] = json.dumps(meta, sort_keys=True).encode()
+    return out, {"views": n + len(targets), "predicted": len(targets), "seconds": round(time.time() - t0, 3)}
 
 
 @dataclass
@@ -466,7 +233,8 @@ def predict_task(shards: list[str], out_dir: str, cfg: PassSettings, task: int =
             shard_key = f"shard:{os.path.basename(shard)}"
             if shard_key in skip:
                 continue
-            for key, members in _read_shard(shard, fail):
+            for sample in _read_shard(shard, fail):
+                key = sample_key(sample)
                 summary.seen += 1
                 bar.update(1)
                 if key in skip:
@@ -478,11 +246,11 @@ def predict_task(shards: list[str], out_dir: str, cfg: PassSettings, task: int =
                 if pipe is None:
                     pipe = Zero123Pipeline.from_pretrained(cfg.weights, device=device, dtype=cfg.dtype)
                 try:
-                    sample, record = predict_object(pipe, key, members, cfg)
-                except (SampleError, ValueError, cv2.error) as exc:
+                    out, record = predict_object(pipe, sample, cfg)
+                except (SampleError, ValueError, cv2.error, OSError) as exc:
                     fail(key, f"{type(exc).__name__}: {exc}", traceback.format_exc(), shard=shard)
                     continue
-                writer.write(sample, dict(record, source_shard=os.path.basename(shard)))
+                writer.write(out, dict(record, source_shard=os.path.basename(shard)))
                 summary.ok += 1
                 summary.predicted += record["predicted"]
     bar.close()
@@ -505,7 +273,11 @@ def run(args: argparse.Namespace) -> int:
     except (WeightsError, ValueError) as exc:
         print(f"zero123: {exc}", file=sys.stderr)
         return 2
-    shards = list_shards(args.shards)
+    try:
+        shards = list_shards(args.shards)
+    except FileNotFoundError as exc:
+        print(f"zero123: no .tar shards match --shards {' '.join(args.shards)}: {exc}", file=sys.stderr)
+        return 2
     out = os.path.abspath(args.out)
     shards_in_out = [s for s in shards if os.path.dirname(s) == out]
     if shards_in_out:
