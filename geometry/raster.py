@@ -46,7 +46,6 @@ from typing import NamedTuple, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from geometry.image import write_turntable  # noqa: F401  (its home is geometry.image; kept importable from here)
 from geometry.rays import project
 from geometry.rigs import orbit
 
