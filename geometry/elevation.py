@@ -29,7 +29,7 @@ Gauges and assumptions
     The radius is a gauge: scaling the scene and all camera centres together changes no image, so the error
     does not depend on it (it only sets the scale of triangulated points). The field of view does matter (it is
     K). Radius, FOV and the neighbour offsets default to One-2-3-45's layout, defined once in ``geometry.rigs``
-    (radius 2.8, FOV 40° — the Zero123 rendering setup the neighbours are predicted for). The input's azimuth is
+    (the Zero123 rendering setup the neighbours are predicted for). The input's azimuth is
     arbitrary and fixed to 0: only elevation is recovered. The 5 images must be in the order of ``offsets``.
 
 Score

@@ -17,8 +17,7 @@ The neighbour offsets and order, the radius and the FOV are One-2-3-45's layout,
 (``with_neighbours``); the 40 cameras are built by ``geometry.cameras.spherical_cameras``, and Zero123 is asked for
 their relative cameras (``geometry.cameras.zero123_relative_camera``). The world frame is the input camera's: its
 centre is at (θ, azimuth 0°, ``radius``); the object sits at the origin inside [-1, 1]³ (Zero123's and the rig's
-setup: radius 2.8, FOV 40°). Images are resized by ``geometry.image.resize``. Every prediction is seeded by
-(seed, view).
+setup). Images are resized by ``geometry.image.resize``. Every prediction is seeded by (seed, view).
 """
 
 from __future__ import annotations
