@@ -28,7 +28,7 @@ import torch
 
 from datamodules.shard_datamodule import ShardDataModule
 from datamodules.views import ViewSampler, background_colour
-from render_farm.shards import CorruptSampleError, check_views, read_header, sample_key
+from render_farm.shards import META, CorruptSampleError, check_views, read_header, sample_key, view_member
 
 NEIGHBOURS = ("predicted", "ground_truth", "mixed")
 
@@ -41,11 +41,11 @@ def _index_map(meta: dict, name: str, key: str, num_views: int) -> dict[int, lis
     try:
         out = {int(g): [int(v) for v in views] for g, views in raw.items()}
     except (TypeError, ValueError) as exc:
-        raise CorruptSampleError(key, "meta.json", f"{name} must map view indices to lists of view indices ({exc})",
+        raise CorruptSampleError(key, META, f"{name} must map view indices to lists of view indices ({exc})",
                                  kind="bad_meta") from exc
     for g, views in out.items():
         if not all(0 <= v < num_views for v in [g, *views]):
-            raise CorruptSampleError(key, "meta.json", f"{name}[{g}] = {views} names a view outside "
+            raise CorruptSampleError(key, META, f"{name}[{g}] = {views} names a view outside "
                                      f"0..{num_views - 1}", kind="bad_meta")
     return out
 
@@ -81,7 +81,7 @@ class One2345ViewSampler(ViewSampler):
         n = len(roles)
         gt = [i for i, r in enumerate(roles) if r == "gt"]
         if not gt:
-            raise CorruptSampleError(key, "meta.json", "no view has role 'gt': One-2-3-45 needs a one2345-rig "
+            raise CorruptSampleError(key, META, "no view has role 'gt': One-2-3-45 needs a one2345-rig "
                                      "sample (render with --rig one2345)", kind="bad_views")
         predicted = {"predicted": True, "ground_truth": False,
                      "mixed": bool(rng.random() < self.predicted_probability)}[self.neighbours]
@@ -91,7 +91,7 @@ class One2345ViewSampler(ViewSampler):
         if missing:
             fix = ("run `lift3d-render zero123` on these shards first, or set neighbours: ground_truth" if predicted
                    else "render with --rig one2345, or set neighbours: predicted")
-            raise CorruptSampleError(key, "meta.json", f"{name} has no entry for gt view(s) {missing}: {fix}",
+            raise CorruptSampleError(key, META, f"{name} has no entry for gt view(s) {missing}: {fix}",
                                      kind="bad_views")
         sources = (list(gt) if self.include_gt_sources else []) + [v for g in gt for v in table[g]]
         return gt, sources, predicted
@@ -107,7 +107,7 @@ class One2345ViewSampler(ViewSampler):
         src = [self._view(sample, i, cams, self.input_size, 0, rng, cache, with_depth=False) for i in sources]
         for i, (bgra, _, _) in zip(sources, src):
             if bgra.shape != src[0][0].shape:
-                raise CorruptSampleError(key, f"{i:03d}.rgba.png", f"view is {bgra.shape[0]}x{bgra.shape[1]}, view "
+                raise CorruptSampleError(key, view_member(i, "rgba"), f"view is {bgra.shape[0]}x{bgra.shape[1]}, view "
                                          f"{sources[0]} is {src[0][0].shape[0]}x{src[0][0].shape[1]}: set "
                                          "source_size so the views can be stacked", kind="bad_views")
         tgt_bgra, tgt_depth, tgt_K = self._view(sample, target, cams, self.target_size, 0, rng, cache,

@@ -48,7 +48,8 @@ from torch.utils.data import default_collate, get_worker_info
 
 from geometry.cameras import crop_intrinsics, scale_intrinsics
 from geometry.image import resize, resize_nearest
-from render_farm.shards import CorruptSampleError, check_views, decode_bgra, decode_depth_raw, read_header, sample_key
+from render_farm.shards import (META, CorruptSampleError, check_views, decode_bgra, decode_depth_raw, read_header,
+                                sample_key, view_member)
 
 BACKGROUNDS = ("white", "black", "random")
 
@@ -65,11 +66,11 @@ def select_views(roles: list[str], num_targets: int, input_view, include_input: 
     else:
         inp = int(input_view)
         if not 0 <= inp < n:
-            raise CorruptSampleError(key, f"{inp:03d}.rgba.png", f"input_view {inp} but the sample has {n} views",
+            raise CorruptSampleError(key, view_member(inp, "rgba"), f"input_view {inp} but the sample has {n} views",
                                      kind="bad_views")
     pool = np.arange(n) if include_input else np.array([i for i in range(n) if i != inp], dtype=np.int64)
     if len(pool) < num_targets:
-        raise CorruptSampleError(key, "meta.json", f"{num_targets} supervision views requested but only "
+        raise CorruptSampleError(key, META, f"{num_targets} supervision views requested but only "
                                  f"{len(pool)} are available (of {n} views)", kind="bad_views")
     targets = rng.choice(pool, size=num_targets, replace=False).astype(np.int64)
     return inp, targets
@@ -185,7 +186,7 @@ class ViewSampler:
         if crop:  # a random crop of the resized view
             h, w = bgra.shape[:2]
             if crop > min(h, w):
-                raise CorruptSampleError(sample_key(sample), f"{i:03d}.rgba.png", f"view is {h}x{w}, smaller "
+                raise CorruptSampleError(sample_key(sample), view_member(i, "rgba"), f"view is {h}x{w}, smaller "
                                          f"than target_crop_size {crop}", kind="bad_views")
             x0, y0 = int(rng.integers(w - crop + 1)), int(rng.integers(h - crop + 1))
             bgra, depth16, K = crop_view(bgra, depth16, K, x0, y0, crop)
@@ -204,7 +205,7 @@ class ViewSampler:
                  for i in targets.tolist()]
         for i, (bgra, _, _) in zip(targets.tolist(), views):
             if bgra.shape != views[0][0].shape:
-                raise CorruptSampleError(key, f"{i:03d}.rgba.png", f"view is {bgra.shape[0]}x{bgra.shape[1]}, "
+                raise CorruptSampleError(key, view_member(i, "rgba"), f"view is {bgra.shape[0]}x{bgra.shape[1]}, "
                                          f"view {targets[0]} is {views[0][0].shape[0]}x{views[0][0].shape[1]}: views "
                                          "of different sizes cannot be batched; set target_size", kind="bad_views")
         c2w = torch.from_numpy(cams["c2w"])

@@ -120,7 +120,8 @@ def test_shard_committed_but_not_indexed_is_indexed_on_resume(tmp_path):
         {"url": "00000-000000.tar", "nsamples": 1}]
 
 
-@pytest.mark.parametrize("name,key", [("ch air", "ch_air"), ("mug.v2/äb", "mug_v2__b"), ("ok-1_A", "ok-1_A"), ("", "_")])
+@pytest.mark.parametrize("name,key", [("ch air", "ch_air"), ("mug.v2/äb", "mug_v2__b"), ("ok-1_A", "ok-1_A"),
+                                      ("", "_")])
 def test_sanitised_names_are_valid_keys(name, key):
     assert sanitise_key(name) == key and check_key(sanitise_key(name)) == key
 
