@@ -91,7 +91,6 @@ def _unreadable():
 def _parse_object(sample) -> tuple[dict, dict, list[str], list[tuple[int, list[int]]]]:
     """(meta, cameras, view roles, [(gt view, its neighbour views)]) of a one2345 sample; :class:`SampleError`
     otherwise (the format's checks are ``render_farm.shards.read_header``'s and ``check_views``')."""
-    key = sample_key(sample)
     meta, cams, roles = read_header(sample)
     if "predictions_of" in meta:
         raise SampleError("the sample already holds Zero123 predictions (an output of this pass, not a render shard)")
