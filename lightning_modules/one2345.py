@@ -36,6 +36,15 @@ from lightning_modules.base import ReconstructionModule
 from lightning_modules.callbacks import image_grid
 from lightning_modules.losses import step_decay_with_warmup
 from lightning_modules.metrics import mean_psnr
+from lightning_modules.networks.config import plain_block
+from lightning_modules.networks.one2345.config import (
+    ColourConfig,
+    CostVolumeConfig,
+    FeaturesConfig,
+    RendererConfig,
+    SDFConfig,
+    SparseCNNConfig,
+)
 from lightning_modules.networks.one2345.model import One2345, Scene
 from lightning_modules.networks.one2345.renderer import eikonal_loss
 from lightning_modules.one2345_inference import One2345Views
@@ -77,10 +86,10 @@ class One2345Module(ReconstructionModule):
                "zero123_dtype", "elevation_deg", "source_size")
 
     def __init__(self,
-                 # architecture (each a config block of lightning_modules.networks.one2345; defaults = the paper)
-                 features: Optional[dict] = None, cost_volume: Optional[dict] = None,
-                 sparse_cnn: Optional[dict] = None, sdf: Optional[dict] = None, colour: Optional[dict] = None,
-                 renderer: Optional[dict] = None,
+                 # architecture (typed blocks of lightning_modules.networks.one2345.config; defaults = the paper)
+                 features: FeaturesConfig = FeaturesConfig(), cost_volume: CostVolumeConfig = CostVolumeConfig(),
+                 sparse_cnn: SparseCNNConfig = SparseCNNConfig(), sdf: SDFConfig = SDFConfig(),
+                 colour: ColourConfig = ColourConfig(), renderer: RendererConfig = RendererConfig(),
                  # rays and losses
                  num_rays: int = 512, foreground_fraction: float = 0.5, stratified: bool = True,
                  eikonal_weight: float = 0.1, sparseness_weight: float = 0.02, sparseness_scale: float = 100.0,
@@ -94,6 +103,9 @@ class One2345Module(ReconstructionModule):
                  zero123_weights: Optional[str] = None, zero123_steps: int = 50,
                  zero123_guidance_scale: float = 3.0, zero123_dtype: str = "float32",
                  elevation_deg: Optional[float] = None, source_size: int = 256):
+        # the blocks go into hparams (and checkpoints) as plain data; One2345 takes either form
+        features, cost_volume, sparse_cnn, sdf, colour, renderer = map(
+            plain_block, (features, cost_volume, sparse_cnn, sdf, colour, renderer))
         super().__init__()
         self.save_settings()  # hparams (checkpointed) and RUNTIME settings (attributes)
         if num_rays < 1 or not 0.0 <= foreground_fraction <= 1.0:

@@ -14,8 +14,9 @@ Legend:  B batch · V source views (8 ground truth + 32 neighbours = 40) · H×W
     ─► rgb (B, Q, 3), opacity, depth (B, Q), SDF gradients (eikonal loss)
 
 Cameras are OpenCV ``c2w`` / ``K`` in pixels of the source images (``geometry.cameras``), in the shard's world frame:
-the object lies in [-1, 1]³, so the cost volume needs no per-sample normalisation. Each block's arguments are a config
-mapping (``configs/model/one2345_*.yaml``); the defaults are the paper's (SparseNeuS's) sizes.
+the object lies in [-1, 1]³, so the cost volume needs no per-sample normalisation. Each block's options are a typed
+config (``lightning_modules.networks.one2345.config``; a block of ``configs/model/one2345_*.yaml``); the defaults are
+the paper's (SparseNeuS's) sizes.
 """
 
 from __future__ import annotations
@@ -29,23 +30,15 @@ from einops import rearrange
 from torch import nn
 
 from geometry.rays import camera_rays
-from lightning_modules.networks.one2345.cost_volume import CostVolume
-from lightning_modules.networks.one2345.features import FeatureFPN
-from lightning_modules.networks.one2345.fields import BlendingColourNetwork, SDFNetwork
-from lightning_modules.networks.one2345.renderer import NeuSRenderer
-from lightning_modules.networks.one2345.sparse_cnn import SparseGeometryNet, to_dense
-
-
-def _build(cls, name: str, cfg: Optional[dict], **fixed):
-    cfg = dict(cfg or {})
-    clash = sorted(set(cfg) & set(fixed))
-    if clash:
-        raise TypeError(f"model config block {name!r} sets {clash}, which the One-2-3-45 model derives from the other "
-                        f"blocks; remove them from the config")
-    try:
-        return cls(**cfg, **fixed)
-    except TypeError as exc:
-        raise TypeError(f"model config block {name!r} has an option {cls.__name__} does not take: {exc}") from exc
+from lightning_modules.networks.one2345.config import (
+    ColourConfig,
+    CostVolumeConfig,
+    FeaturesConfig,
+    RendererConfig,
+    SDFConfig,
+    SparseCNNConfig,
+)
+from lightning_modules.networks.one2345.sparse_cnn import to_dense
 
 
 @dataclass
@@ -70,32 +63,34 @@ class Scene:
 class One2345(nn.Module):
     """The reconstruction module; ``encode`` source views once, then ``render_rays`` / ``sdf`` / ``colour`` of it.
 
-    Args (each a config mapping; see the block's class):
-        features: FeatureFPN (base_channels, out_channels, out_stride).
-        cost_volume: CostVolume (resolution, bound, min_views, chunk).
-        sparse_cnn: SparseGeometryNet (out_channels, channels, blocks); in_channels = 2 × FPN channels.
-        sdf: SDFNetwork (feature_dim, hidden, num_layers, num_freqs, radius); geo_channels from sparse_cnn.
-        colour: BlendingColourNetwork (hidden, fallback) plus ``use_image_features`` (IBRNet: the FPN maps join the
-            colours in the blending MLP; default True).
-        renderer: NeuSRenderer (num_coarse, num_importance, upsample_steps, base_inv_s, chunk, init_variance);
-            bound from cost_volume.
+    Args (each a typed config of its block, ``lightning_modules.networks.one2345.config``):
+        features: FeatureFPN.
+        cost_volume: CostVolume; its bound is the renderer's.
+        sparse_cnn: SparseGeometryNet; in_channels = 2 × FPN channels.
+        sdf: SDFNetwork; geo_channels from sparse_cnn.
+        colour: BlendingColourNetwork; feature_dim from sdf, image_channels the FPN's (``use_image_features``) or 0.
+        renderer: NeuSRenderer.
     """
 
-    def __init__(self, features: Optional[dict] = None, cost_volume: Optional[dict] = None,
-                 sparse_cnn: Optional[dict] = None, sdf: Optional[dict] = None, colour: Optional[dict] = None,
-                 renderer: Optional[dict] = None):
+    def __init__(self, features: FeaturesConfig = FeaturesConfig(), cost_volume: CostVolumeConfig = CostVolumeConfig(),
+                 sparse_cnn: SparseCNNConfig = SparseCNNConfig(), sdf: SDFConfig = SDFConfig(),
+                 colour: ColourConfig = ColourConfig(), renderer: RendererConfig = RendererConfig()):
         super().__init__()
-        colour = dict(colour or {})
-        use_image_features = bool(colour.pop("use_image_features", True))
-        self.features = _build(FeatureFPN, "features", features)
-        self.cost_volume = _build(CostVolume, "cost_volume", cost_volume)
+        # a block may also come as a plain mapping (a checkpoint's hparams, a test), checked as a YAML's is
+        features = FeaturesConfig.of(features, "features", "One-2-3-45")
+        cost_volume = CostVolumeConfig.of(cost_volume, "cost_volume", "One-2-3-45")
+        sparse_cnn = SparseCNNConfig.of(sparse_cnn, "sparse_cnn", "One-2-3-45")
+        sdf = SDFConfig.of(sdf, "sdf", "One-2-3-45")
+        colour = ColourConfig.of(colour, "colour", "One-2-3-45")
+        renderer = RendererConfig.of(renderer, "renderer", "One-2-3-45")
+        self.features = features.build()
+        self.cost_volume = cost_volume.build()
         self.bound = self.cost_volume.bound
-        self.geometry = _build(SparseGeometryNet, "sparse_cnn", sparse_cnn,
-                               in_channels=2 * self.features.out_channels)
-        self.sdf_net = _build(SDFNetwork, "sdf", sdf, geo_channels=self.geometry.out_channels)
-        self.colour_net = _build(BlendingColourNetwork, "colour", colour, feature_dim=self.sdf_net.feature_dim,
-                                 image_channels=self.features.out_channels if use_image_features else 0)
-        self.renderer = _build(NeuSRenderer, "renderer", renderer, bound=self.bound)
+        self.geometry = sparse_cnn.build(in_channels=2 * self.features.out_channels)
+        self.sdf_net = sdf.build(geo_channels=self.geometry.out_channels)
+        self.colour_net = colour.build(feature_dim=self.sdf_net.feature_dim,
+                                       image_channels=self.features.out_channels if colour.use_image_features else 0)
+        self.renderer = renderer.build(bound=self.bound)
 
     # --- source views → scene -------------------------------------------------------------------------------
     def encode(self, images: torch.Tensor, c2w: torch.Tensor, K: torch.Tensor) -> Scene:
