@@ -2,12 +2,56 @@
 
 import json
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from lightning_modules.launch import demo
 
 pytestmark = pytest.mark.slow
+
+# What the demo shows, from configs/data/tiny.yaml and configs/model/lrm_tiny.yaml
+BATCH, TARGETS, CROP, ENLARGE = 2, 2, 32, 3  # preview: a row per sample, 32² target crops, enlarged 3×
+MESH_RESOLUTION = 64                          # marching cubes over a 64³ grid of the [-1, 1]³ scene cube
+TURNTABLE_FRAMES, TURNTABLE_SIZE = 36, 256    # lift3d predict's default turntable
+
+
+def check_preview(path) -> None:
+    """preview.png: per sample, input | target views | their depths, each a 32² tile enlarged 3× (nearest); the
+    views are composited on white, the depths grey and normalised to the sample's farthest pixel, and the two agree
+    (white where the depth is empty, the object where it is not)."""
+    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    tiles_per_row = 1 + 2 * TARGETS
+    assert img.shape == (BATCH * CROP * ENLARGE, tiles_per_row * CROP * ENLARGE, 3), \
+        f"{img.shape[:2]}: expected {BATCH} rows of {tiles_per_row} {CROP}² tiles enlarged {ENLARGE}×"
+    small = img[::ENLARGE, ::ENLARGE]
+    assert (small.repeat(ENLARGE, 0).repeat(ENLARGE, 1) == img).all(), "preview is not a 3× nearest enlargement"
+    for b in range(BATCH):
+        row = small[b * CROP:(b + 1) * CROP]
+        tiles = [row[:, i * CROP:(i + 1) * CROP] for i in range(tiles_per_row)]
+        views, depths = tiles[1:1 + TARGETS], tiles[1 + TARGETS:]
+        assert (tiles[0].min(-1) < 250).mean() > 0.05, f"sample {b}: the input tile shows no object"
+        assert max(d.max() for d in depths) == 255, f"sample {b}: depths are not normalised to their maximum"
+        assert sum((d[..., 0] > 0).sum() for d in depths) > 0, f"sample {b}: no foreground in any target view"
+        for v, (view, depth) in enumerate(zip(views, depths)):
+            assert (depth == depth[..., :1]).all(), f"sample {b} view {v}: the depth tile is not grey"
+            fg = depth[..., 0] > 0
+            if fg.any():
+                assert (view[fg].min(-1) < 255).mean() > 0.9, f"sample {b} view {v}: white where the depth is set"
+            if (~fg).any():
+                assert (view[~fg].min(-1) == 255).mean() > 0.9, f"sample {b} view {v}: not white where it is empty"
+
+
+def check_turntable(path) -> None:
+    """The turntable GIF: frames of the mesh on white, framed in the picture, turning (consecutive frames differ)."""
+    frames = [np.asarray(f.convert("RGB")).astype(int) for f in ImageSequence.Iterator(Image.open(path))]
+    assert len(frames) == TURNTABLE_FRAMES and frames[0].shape == (TURNTABLE_SIZE, TURNTABLE_SIZE, 3), path
+    for i, frame in enumerate(frames):
+        mesh = frame.min(-1) < 255
+        assert 0.02 < mesh.mean() < 0.9, f"{path} frame {i}: {mesh.mean():.1%} of the pixels show the mesh"
+        assert not (mesh[0].any() or mesh[-1].any() or mesh[:, 0].any() or mesh[:, -1].any()), \
+            f"{path} frame {i}: the mesh touches the border (not framed)"
+    assert all((a != b).any() for a, b in zip(frames, frames[1:])), f"{path}: the turntable does not turn"
 
 
 def test_demo_renders_reads_back_and_previews(tmp_path, capsys):
@@ -17,7 +61,7 @@ def test_demo_renders_reads_back_and_previews(tmp_path, capsys):
     assert index["total_samples"] == 3  # three good objects; the truncated file is recorded, not rendered
     assert "recorded failure truncated" in out
     assert "batch['target_images']: (2, 2, 3, 32, 32)" in out  # tiny.yaml: 2 targets, 32² crops
-    assert Image.open(tmp_path / "preview.png").size[0] > 0
+    check_preview(tmp_path / "preview.png")
     # running it again resumes: nothing is rendered twice
     assert demo.main(["--out", str(tmp_path), "--resolution", "64", "--samples", "4", "--train-steps", "0"]) == 0
     assert "0 ok, 0 failed, 4 already done" in capsys.readouterr().out
@@ -32,10 +76,17 @@ def test_demo_trains_the_tiny_lrm_and_exports_meshes(tmp_path, capsys):
     assert list((tmp_path / "lrm").glob("wandb/offline-run-*")), "no W&B offline run"
     meshes = sorted((tmp_path / "meshes").glob("*.glb"))
     assert [m.stem for m in meshes] == ["multi_material", "textured_box", "vertex_coloured_sphere"]
+    inputs = sorted((tmp_path / "inputs").glob("*.png"))  # each object's source view, as the user's RGBA photo
+    assert [p.stem for p in inputs] == [m.stem for m in meshes]
+    for p in inputs:
+        photo = Image.open(p)
+        assert photo.mode == "RGBA" and (np.asarray(photo)[..., 3] == 255).mean() > 0.1, f"{p}: no opaque object"
     for m in meshes:
         mesh = trimesh.load(m, force="mesh")
-        assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
-        assert Image.open(m.with_suffix(".gif")).n_frames > 1  # the turntable
+        assert 100 < len(mesh.vertices) <= 3 * MESH_RESOLUTION ** 3, (m, len(mesh.vertices))  # ≤ 3 per grid point
+        assert len(mesh.faces) > 100 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
+        assert np.linalg.norm(mesh.vertices, axis=1).max() <= 3 ** 0.5 + 1e-4, f"{m}: vertices outside the scene cube"
+        check_turntable(m.with_suffix(".gif"))
     # the held-out objects are scored and reported
     records = [json.loads(line) for line in (tmp_path / "evaluation" / "metrics.jsonl").read_text().splitlines()]
     assert sorted(r["key"] for r in records) == ["held_out_box", "held_out_sphere"]
