@@ -45,8 +45,26 @@ class Asset:
         return h.hexdigest()
 
 
+def local_asset_id(relpath: str) -> str:
+    """The object id of the asset at ``relpath`` (relative to the directory), a function of that path alone.
+
+    A file at the top of the directory is its file name without the extension, made key-safe (``chair.glb`` ->
+    ``chair``, ``my chair.v2.glb`` -> ``my_chair_v2``); a file in a subdirectory adds a short hash of its relative
+    path (``batch2/chair.glb`` -> ``chair-<8 hex>``). Adding, removing or moving other files never changes an id, so
+    a grown directory renders only its new files."""
+    relpath = relpath.replace(os.sep, "/")
+    stem = sanitise_key(os.path.splitext(os.path.basename(relpath))[0])
+    if "/" not in relpath:
+        return stem
+    return f"{stem}-{hashlib.sha1(relpath.encode()).hexdigest()[:8]}"
+
+
 class LocalDirSource:
-    """Every supported file under ``root`` (recursively); uid = file stem made key-safe, de-duplicated by path hash."""
+    """Every supported file under ``root`` (recursively); uid = :func:`local_asset_id` of its relative path.
+
+    Two files with the same id (``chair.glb`` and ``chair.obj`` side by side, or names that differ only in characters
+    a key cannot hold) are refused with an error naming both: numbering them by what else is in the directory would
+    rename an already rendered object when a file is added."""
 
     name = "local"
 
@@ -60,16 +78,23 @@ class LocalDirSource:
         for dirpath, _, files in os.walk(self.root):
             for f in files:
                 if f.lower().endswith(SUPPORTED_EXTENSIONS):
-                    found.append(os.path.join(dirpath, f))
-        by_uid: dict[str, list[str]] = {}
-        for path in sorted(found):
-            by_uid.setdefault(sanitise_key(os.path.splitext(os.path.basename(path))[0]), []).append(path)
-        assets = []
-        for uid, paths in by_uid.items():
-            for path in paths:
-                rel = os.path.relpath(path, self.root)
-                unique = uid if len(paths) == 1 else f"{uid}-{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
-                assets.append(Asset(unique, path, self.name, self.licence, {"relpath": rel}))
+                    found.append(os.path.relpath(os.path.join(dirpath, f), self.root))
+        by_uid: dict[str, str] = {}
+        clashes = []
+        for rel in sorted(found):
+            uid = local_asset_id(rel)
+            if uid in by_uid:
+                clashes.append(f"{by_uid[uid]!r} and {rel!r} (both {uid!r})")
+            else:
+                by_uid[uid] = rel
+        if clashes:
+            raise ValueError(
+                f"--glb-dir {self.root!r}: {len(clashes)} pair(s) of files would be the same object: "
+                f"{'; '.join(clashes[:5])}{' ...' if len(clashes) > 5 else ''}. An object id is the file name "
+                f"without extension (plus a path hash in subdirectories); rename one of each pair or move it into a "
+                f"subdirectory")
+        assets = [Asset(uid, os.path.join(self.root, rel), self.name, self.licence, {"relpath": rel})
+                  for uid, rel in by_uid.items()]
         return sorted(assets, key=lambda a: a.uid)
 
     def fetch(self, assets: list[Asset]) -> list[Asset]:

@@ -1,11 +1,13 @@
 """Which slice of the work this process owns: SLURM array tasks or --rank/--world-size.
 
-Items are sorted by id and task t of T takes items[t::T]: disjoint, deterministic, and stable when a task is
-re-run (a requeued array task picks up exactly its own objects again).
+Task t of T takes the items whose id hashes to t (``task_of``): disjoint, deterministic, stable when a task is
+re-run (a requeued array task picks up exactly its own objects again), and a function of each id alone, so array
+tasks that list a directory while it grows still never share an object (a position in a sorted list would shift).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Sequence, TypeVar
 
@@ -24,8 +26,14 @@ def resolve_task(rank: int | None = None, world_size: int | None = None, env=os.
     return task, count
 
 
+def task_of(item_id: str, count: int) -> int:
+    """The task (of ``count``) that owns ``item_id``: the first 8 bytes of its SHA-1, modulo ``count``."""
+    return int.from_bytes(hashlib.sha1(str(item_id).encode()).digest()[:8], "big") % count
+
+
 def task_slice(items: Sequence[T], task: int, count: int, key=lambda x: x) -> list[T]:
-    return sorted(items, key=key)[task::count]
+    """The items of task ``task`` of ``count``, sorted by ``key`` (a string id)."""
+    return [x for x in sorted(items, key=key) if count == 1 or task_of(key(x), count) == task]
 
 
 def report_task(summary, out_dir: str, task: int, max_failures: int = 20) -> None:

@@ -83,24 +83,58 @@ def _write_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) ->
     tar.addfile(info, io.BytesIO(data))
 
 
+def _parse_jsonl_line(line: str) -> dict | None:
+    """One record of a JSON-lines file, or None for a torn line. A line that an older writer glued onto a torn one
+    (``{"key": "a", "sh{"key": "b", ...}``) still yields its complete last record."""
+    try:
+        row = json.loads(line)
+        return row if isinstance(row, dict) else None
+    except json.JSONDecodeError:
+        pass
+    start = line.find('{"', 1)
+    while start != -1:
+        try:
+            row = json.loads(line[start:])
+            return row if isinstance(row, dict) and "key" in row else None
+        except json.JSONDecodeError:
+            start = line.find('{"', start + 1)
+    return None
+
+
 def _read_jsonl(path: str) -> list[dict]:
-    """Lines of a JSON-lines file; a torn last line (a kill mid-write) is ignored."""
+    """Records of a JSON-lines file; a torn line (a kill or a full disk mid-write) is ignored."""
     rows = []
     if os.path.exists(path):
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+                row = _parse_jsonl_line(line)
+                if row is not None:
+                    rows.append(row)
     return rows
 
 
 def _append_jsonl(path: str, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one record durably. It starts on a fresh line even after a torn one, and a failed append (disk full)
+    is cut off again, so a half-written record never merges with the next one nor claims work that was not done."""
+    data = (json.dumps(row, sort_keys=True) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass  # the torn tail is skipped by readers and followed by a fresh line
+            raise
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: str) -> None:
@@ -234,23 +268,46 @@ class ShardWriter:
         self._count = 0
 
     def write(self, sample: dict, record: dict | None = None) -> None:
-        """Append one object's sample, make it durable, then mark it done (with ``record`` in the done-list)."""
+        """Append one object's sample, make it durable, then mark it done (with ``record`` in the done-list).
+
+        If anything fails while the sample is written (a full disk, an interrupt), the open shard is cut back to
+        its last complete sample and committed (:meth:`_abandon_shard`), and the error is raised: the object is not
+        done and renders again on the next run; no half sample ever reaches a ``.tar``."""
         key = check_key(sample["__key__"])
         if key in self.done:
             raise ValueError(f"object {key} is already in a shard of {self.out_dir}; it would be duplicated")
         if self._tar is None:
             self._start_shard()
-        mtime = time.time()
-        for name in sorted(k for k in sample if k != "__key__"):
-            _write_member(self._tar, f"{key}.{name}", sample[name], mtime)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        row = {"key": key, "shard": self._name, "end": self._file.tell(), **(record or {})}
-        _append_jsonl(self.paths.done, row)
+        try:
+            mtime = time.time()
+            for name in sorted(k for k in sample if k != "__key__"):
+                _write_member(self._tar, f"{key}.{name}", sample[name], mtime)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            row = {"key": key, "shard": self._name, "end": self._file.tell(), **(record or {})}
+            _append_jsonl(self.paths.done, row)
+        except BaseException:
+            self._abandon_shard()
+            raise
         self.done[key] = row
         self._count += 1
         if self._count >= self.maxcount or self._file.tell() >= self.maxsize:
             self._commit()
+
+    def _abandon_shard(self) -> None:
+        """After a failed write: close the open ``.tar.tmp`` without finishing it and recover it as after a kill
+        (cut to the end of its last done sample, then commit; removed if it holds none). If even that fails (the
+        disk is still full), the ``.tar.tmp`` stays for the next :meth:`open` to recover."""
+        tmp = os.path.join(self.out_dir, self._name + ".tmp")
+        file, self._file, self._tar, self._count = self._file, None, None, 0
+        try:
+            file.close()
+        except OSError:
+            pass  # unflushed bytes of the torn sample: cut off below anyway
+        try:
+            self._recover(tmp, list(self.done.values()))
+        except OSError:
+            pass
 
     def record_failure(self, key: str, reason: str, log_excerpt: str = "", **extra) -> None:
         row = {"key": key, "reason": reason, "log_excerpt": log_excerpt[-4000:], "time": time.time(), **extra}

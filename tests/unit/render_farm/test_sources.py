@@ -72,11 +72,13 @@ def test_local_dir_collisions_are_deduplicated_deterministically(tmp_path):
     assert [(a.uid, a.path) for a in first] == [(a.uid, a.path) for a in second]
     uids = [a.uid for a in first]
     assert len(set(uids)) == len(uids) == 5
+    # issue 14: an id is a function of the file's own path; the top-level chair.obj keeps its name whatever else is
+    # in the directory, files in subdirectories carry a hash of their relative path
     chairs = [a for a in first if a.uid.startswith("chair-")]
-    assert len(chairs) == 4
+    assert len(chairs) == 3 and "chair" in uids
     for a in chairs:
         assert re.match(r"^chair-[0-9a-f]{8}$", a.uid)
-    assert "ch_air" in uids
+    assert any(re.match(r"^ch_air-[0-9a-f]{8}$", u) for u in uids)
     # the suffix depends on the relative path only: the same tree elsewhere gives the same uids
     other = tmp_path / "copy"
     other.mkdir()
