@@ -21,14 +21,15 @@ from render_farm.shards.read import (KINDS, CorruptSampleError, check_views, dec
                                      read_meta, sample_key, view_roles)
 from render_farm.shards.spec import (CAMERAS, FORMAT, KEY_RE, MAX_VIEWS, META, VIEW_KINDS, check_key, sanitise_key,
                                      view_member)
-from render_farm.shards.tar_index import LazySample, TarScanError, index_counts, resolve_shards, scan_samples
+from render_farm.shards.tar_index import (LazySample, ShardIndexError, TarScanError, index_counts, read_index,
+                                         resolve_shards, scan_samples)
 from render_farm.shards.write import (ShardWriter, TaskPaths, count_samples, encode_cameras, encode_png,
                                       encode_sample, update_index)
 
 __all__ = [
     "CAMERAS", "FORMAT", "KEY_RE", "KINDS", "MAX_VIEWS", "META", "VIEW_KINDS", "CorruptSampleError", "LazySample",
-    "ShardWriter", "TarScanError", "TaskPaths", "check_key", "check_views", "count_samples", "decode_bgra",
-    "decode_depth", "decode_depth_raw", "decode_normal", "decode_rgba", "encode_cameras", "encode_png",
-    "encode_sample", "index_counts", "read_cameras", "read_header", "read_meta", "resolve_shards", "sample_key",
-    "sanitise_key", "scan_samples", "update_index", "view_member", "view_roles",
+    "ShardIndexError", "ShardWriter", "TarScanError", "TaskPaths", "check_key", "check_views", "count_samples",
+    "decode_bgra", "decode_depth", "decode_depth_raw", "decode_normal", "decode_rgba", "encode_cameras", "encode_png",
+    "encode_sample", "index_counts", "read_cameras", "read_index", "read_header", "read_meta", "resolve_shards",
+    "sample_key", "sanitise_key", "scan_samples", "update_index", "view_member", "view_roles",
 ]

@@ -42,14 +42,50 @@ class TarScanError(Exception):
         super().__init__(f"{url}: {reason}")
 
 
-def index_counts(directory: str) -> dict[str, int]:
-    """{shard path: sample count} from ``directory``'s ``index.json`` ({} without one)."""
+class ShardIndexError(ValueError):
+    """A shard directory's ``index.json`` is unreadable or disagrees with the shards on disk."""
+
+
+def rebuild_hint(directory: str) -> str:
+    return f"rebuild it from the shards with `lift3d-render index --out {directory}`"
+
+
+def read_index(directory: str) -> dict[str, int] | None:
+    """{shard file name: sample count} of ``directory``'s ``index.json``, None without one. Raises
+    :class:`ShardIndexError` naming the file and the rebuild command when it is not a valid index."""
     path = os.path.join(directory, "index.json")
     if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        doc = json.load(f)
-    return {os.path.join(directory, s["url"]): int(s["nsamples"]) for s in doc.get("shardlist", [])}
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        return {str(s["url"]): int(s["nsamples"]) for s in doc["shardlist"]}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        problem = f"is not valid JSON ({exc})"
+    except (KeyError, TypeError, ValueError) as exc:
+        problem = f"is not a shard index (expected {{'shardlist': [{{'url', 'nsamples'}}, ...]}}; {exc!r})"
+    raise ShardIndexError(f"{path} {problem}: {rebuild_hint(directory)}")
+
+
+def index_counts(directory: str) -> dict[str, int]:
+    """{shard path: sample count} from ``directory``'s ``index.json`` ({} without one)."""
+    return {os.path.join(directory, url): n for url, n in (read_index(directory) or {}).items()}
+
+
+def _check_index_matches_disk(directory: str, counts: dict[str, int]) -> None:
+    """A directory's index must list exactly its ``*.tar`` files: a shard left out would be skipped without a word,
+    a listed shard that is gone would fail mid-epoch."""
+    on_disk = set(glob.glob(os.path.join(directory, "*.tar")))
+    unindexed, gone = sorted(on_disk - set(counts)), sorted(set(counts) - on_disk)
+    if not unindexed and not gone:
+        return
+    problems = []
+    for what, names in (("are not in it", unindexed), ("are listed but missing", gone)):
+        if names:
+            shown = ", ".join(os.path.basename(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")
+            problems.append(f"{len(names)} shard(s) {what} ({shown})")
+    raise ShardIndexError(f"{os.path.join(directory, 'index.json')} does not match the shards on disk: "
+                          f"{'; '.join(problems)}; {rebuild_hint(directory)}")
 
 
 def resolve_shards(spec: Union[str, list[str]]) -> tuple[list[str], dict[str, int]]:
@@ -65,6 +101,8 @@ def resolve_shards(spec: Union[str, list[str]]) -> tuple[list[str], dict[str, in
     if os.path.isdir(spec) or os.path.basename(spec) == "index.json":
         directory = spec if os.path.isdir(spec) else os.path.dirname(spec)
         counts = index_counts(directory)
+        if os.path.exists(os.path.join(directory, "index.json")):
+            _check_index_matches_disk(directory, counts)
         urls = sorted(counts) or sorted(glob.glob(os.path.join(directory, "*.tar")))
         if not urls:
             raise FileNotFoundError(f"no shards in {directory!r} (no index.json and no *.tar): render some with "

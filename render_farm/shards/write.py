@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from render_farm.shards.spec import CAMERAS, FORMAT, MAX_VIEWS, META, check_key, view_member
+from render_farm.shards.tar_index import read_index
 
 SHARD_RE = re.compile(r"^(\d{5})-(\d{6})\.tar$")
 
@@ -161,10 +162,7 @@ def update_index(out_dir: str, entries: dict[str, int] | None = None, rebuild: b
     path = os.path.join(out_dir, "index.json")
     with open(os.path.join(out_dir, ".index.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        index = {}
-        if os.path.exists(path) and not rebuild:
-            with open(path) as f:
-                index = {s["url"]: s["nsamples"] for s in json.load(f)["shardlist"]}
+        index = {} if rebuild else (read_index(out_dir) or {})
         if rebuild:
             for tar in sorted(glob.glob(os.path.join(out_dir, "*.tar"))):
                 index[os.path.basename(tar)] = count_samples(tar)
@@ -233,11 +231,7 @@ class ShardWriter:
 
     def _index_missing(self, committed: set[str]) -> None:
         """A kill between a shard's rename and its index update leaves it unindexed: add it now."""
-        path = os.path.join(self.out_dir, "index.json")
-        indexed = set()
-        if os.path.exists(path):
-            with open(path) as f:
-                indexed = {s["url"] for s in json.load(f)["shardlist"]}
+        indexed = set(read_index(self.out_dir) or {})
         missing = {n: count_samples(os.path.join(self.out_dir, n)) for n in committed - indexed}
         if missing:
             update_index(self.out_dir, missing)

@@ -14,7 +14,8 @@ import tarfile
 
 import pytest
 
-from render_farm.shards import ShardWriter, encode_sample
+from render_farm import cli
+from render_farm.shards import ShardIndexError, ShardWriter, resolve_shards, update_index
 from render_farm.shards import write as shard_write
 from render_farm.sources import LocalDirSource
 from render_farm.tasks import task_slice
@@ -141,3 +142,26 @@ def test_record_glued_to_a_torn_line_by_an_older_writer_is_still_read(tmp_path):
     first, second = path.read_text().splitlines()
     path.write_text(first[:25] + second + "\n")  # what the old writer produced after a torn o0 line
     assert sorted(ShardWriter(str(tmp_path)).open().done) == ["o1"]
+
+
+# --- 6. index.json -----------------------------------------------------------------------------------------------
+
+def test_corrupt_index_names_the_file_and_the_rebuild_command(tmp_path):
+    with ShardWriter(str(tmp_path)) as w:
+        w.write(_sample("o0")[1])
+    (tmp_path / "index.json").write_text('{"shardlist": [{"url": "00000-000000.tar", "nsa')  # torn copy
+    with pytest.raises(ShardIndexError, match=rf"{tmp_path}/index.json is not valid JSON.*lift3d-render index --out"):
+        ShardWriter(str(tmp_path)).open()
+    (tmp_path / "index.json").write_text('[1, 2]')
+    with pytest.raises(ShardIndexError, match=r"index.json is not a shard index"):
+        resolve_shards(str(tmp_path))
+    update_index(str(tmp_path), rebuild=True)  # what the message says to run
+    assert sorted(ShardWriter(str(tmp_path)).open().done) == ["o0"]
+
+
+def test_index_rebuild_command_repairs_a_corrupt_index(tmp_path, capsys):
+    with ShardWriter(str(tmp_path)) as w:
+        w.write(_sample("o0")[1])
+    (tmp_path / "index.json").write_text("<html>")
+    assert cli.main(["index", "--out", str(tmp_path)]) == 0
+    assert resolve_shards(str(tmp_path))[1] == {str(tmp_path / "00000-000000.tar"): 1}
