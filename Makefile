@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.lift3d-installed
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test test-fast bench clean-demo
+.PHONY: setup demo lint test test-fast bench clean-demo
 
 # Idempotent: reinstalls only when pyproject.toml changed (the stamp records its hash).
 setup: $(STAMP) slurm-packages
@@ -31,7 +31,11 @@ slurm-packages:
 demo: setup
 	$(PY) -m lightning_modules.launch.demo --out data/demo
 
-test: setup
+# ruff (pycodestyle, pyflakes, import order) and mypy, configured in pyproject.toml; `make test` runs them first.
+lint: setup
+	@rc=0; $(PY) -m ruff check . || rc=1; $(PY) -m mypy || rc=1; exit $$rc
+
+test: setup lint
 	$(PY) -m pytest -q
 
 test-fast: setup
