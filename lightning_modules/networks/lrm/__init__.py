@@ -1,1 +1,2 @@
-"""The LRM networks: encoder, camera-modulated triplane transformer, triplane NeRF renderer, the model."""
+"""The LRM networks: encoder, camera-modulated triplane transformer, triplane NeRF renderer, the model, and the
+typed option blocks of ``configs/model/lrm_*.yaml`` (``config``)."""

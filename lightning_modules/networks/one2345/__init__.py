@@ -9,4 +9,6 @@
     fields.py        SDFNetwork (PE + geometry feature → SDF, geometric init, weight norm, Softplus β=100) and
                      BlendingColourNetwork (IBRNet-style softmax blend of the source views' colours)
     renderer.py      NeuSRenderer: SDF + colour → NeuS volume rendering with a learned variance
+    model.py         One2345: the blocks assembled (posed views → cost volume → geometry volume → SDF + colour)
+    config.py        the typed option blocks of ``configs/model/one2345_*.yaml`` (one dataclass per block)
 """
