@@ -13,6 +13,12 @@ be read back: state and exit code of every job and array task.
 
 Every wait has a timeout and raises :class:`SlurmError` with what is needed to see why: the job's state in the
 queue, its output file, and the tail of the daemons' logs.
+
+The cluster never outlives the process that started it, however that process ends (a CI timeout's SIGKILL
+included): each daemon is exec'd through a wrapper that sets ``PR_SET_PDEATHSIG`` (SIGKILL when its parent dies), and
+the cluster's temp dir and daemon PIDs are recorded with :mod:`tests.lifetime`, whose watchdog kills what is left
+(the jobs and their ``slurmstepd``, which carry the owner's marker in their environment) and removes the directory;
+a cluster whose watchdog was killed too is removed by the next run that starts one.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+
+from tests import lifetime
 
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel", "sacct")
 INSTALL_HINT = ("install Debian's Slurm as root with `make -C <repo> slurm-packages` "
@@ -36,6 +45,16 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
                 "BOOT_FAIL", "DEADLINE"}
 NODE_NAME = "localhost"
 PARTITION = "debug"
+
+# Run as `python -c EXEC_WITH_PDEATHSIG <parent pid> <daemon argv...>`: the daemon (in the foreground, -D /
+# --foreground) gets SIGKILL when the process that started it dies; PR_SET_PDEATHSIG survives execve.
+EXEC_WITH_PDEATHSIG = (
+    "import ctypes, os, signal, sys\n"
+    "if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL) != 0:\n"
+    "    sys.exit(f'prctl(PR_SET_PDEATHSIG) failed: {os.strerror(ctypes.get_errno())}')\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit('the parent died before the daemon started')\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n")
 
 
 class SlurmError(RuntimeError):
@@ -104,7 +123,7 @@ def _is_dead(pid: int) -> bool:
 
 def parse_jobcomp_line(line: str) -> dict:
     """``JobId=5 UserId=root(0) ... JobState=COMPLETED ... ExitCode=0:0`` -> dict (values may contain no spaces)."""
-    return dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", line))
+    return {m.group(1): m.group(2) for m in re.finditer(r"(\w+)=(\S*)", line)}
 
 
 class LocalSlurmCluster:
@@ -148,7 +167,9 @@ class LocalSlurmCluster:
         if os.geteuid() != 0:
             raise SlurmUnavailable("the local Slurm cluster runs its daemons as root (SlurmUser=root); "
                                    f"run the slurm tests as root (uid is {os.geteuid()})")
+        lifetime.guard()  # before the environment is copied: daemons and jobs carry this run's marker
         self.root = self._root_arg or tempfile.mkdtemp(prefix="lift3d-slurm-")
+        self._register()
         try:
             self._start()
         except BaseException:
@@ -252,16 +273,26 @@ class LocalSlurmCluster:
             time.sleep(0.05)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
+        """Start a daemon in the foreground, in its own session (a signal to the test's process group does not stop
+        it half-way: :meth:`stop` does, in order), killed by the kernel when this process dies."""
         out = open(self.path("log", f"{name}.stdout"), "wb")
+        wrapped = [sys.executable, "-I", "-S", "-c", EXEC_WITH_PDEATHSIG, str(os.getpid()), *argv]
         try:
-            self.procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                                env=self.env, cwd=self.root, start_new_session=True)
+            self.procs[name] = subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=out,
+                                                stderr=subprocess.STDOUT, env=self.env, cwd=self.root,
+                                                start_new_session=True)
         except OSError as exc:
             raise SlurmError(f"cannot start {name} ({shlex.join(argv)}): {exc}") from exc
         finally:
             out.close()
+        self._register()
         with open(self.path("run", f"{name}.child.pid"), "w") as f:
             f.write(f"{self.procs[name].pid}\n")
+
+    def _register(self) -> None:
+        """Record the temp dir and the daemons' PIDs: if this process is killed, they are removed for it."""
+        lifetime.register_cluster(self.root, {name: proc.pid for name, proc in self.procs.items()},
+                                  remove=not (self.keep or self._root_arg))
 
     def _check_alive(self, name: str) -> None:
         proc = self.procs[name]
@@ -298,6 +329,8 @@ class LocalSlurmCluster:
                 _terminate(proc)
         if self.root and not self.keep and not self._root_arg:
             shutil.rmtree(self.root, ignore_errors=True)
+        if self.root:
+            lifetime.unregister_cluster(self.root)
 
     # ------------------------------------------------------------------ clients
     def run(self, argv: list[str], check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -405,7 +438,8 @@ class LocalSlurmCluster:
             by_task = {r.array_task_id: r for r in self._final_records(job_id).values() if r.array_task_id is not None}
             if want <= set(by_task) and not self._in_queue(job_id):
                 self._remember_stdout(job_id)  # scontrol still lists finished tasks (MinJobAge): their StdOut
-                by_task = {r.array_task_id: r for r in self._final_records(job_id).values()}
+                by_task = {r.array_task_id: r for r in self._final_records(job_id).values()
+                           if r.array_task_id is not None}
                 return {t: by_task[t] for t in sorted(want)}
             if time.monotonic() > deadline:
                 raise SlurmError(self._timeout_message(job_id, timeout, by_task, want))

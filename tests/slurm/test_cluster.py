@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(120)]
 
 def test_srun_job_runs_two_tasks(slurm_cluster, tmp_path):
     out = tmp_path / "srun-%j.out"
-    job = slurm_cluster.sbatch(["--ntasks=2", "--cpus-per-task=1", f"--output={out}", "--time=2"],
-                               "#!/bin/bash\nsrun bash -c 'echo \"task $SLURM_PROCID of $SLURM_NTASKS on $(hostname)\"'\n")
+    script = "#!/bin/bash\nsrun bash -c 'echo \"task $SLURM_PROCID of $SLURM_NTASKS on $(hostname)\"'\n"
+    job = slurm_cluster.sbatch(["--ntasks=2", "--cpus-per-task=1", f"--output={out}", "--time=2"], script)
     result = slurm_cluster.wait(job, timeout=60)
     text = result.output()
     assert result.ok, f"job {job} ended {result.state} exit {result.exit_code}:\n{text}"
