@@ -19,6 +19,7 @@ from mathutils import Matrix, Vector
 from geometry.cameras import intrinsics_from_blender, opencv_to_opengl, opengl_to_opencv
 from geometry.normalization import normalization_from_bounds, normalization_matrix
 from geometry.rigs import Rig
+from render_farm.asset_checks import AssetError, check_asset
 from render_farm.config import RenderSettings
 
 IMPORTERS = {
@@ -26,21 +27,21 @@ IMPORTERS = {
 }
 
 
-class AssetError(Exception):
-    """The asset cannot be rendered (unimportable, empty, too large); the message says why."""
-
-
 def reset_scene() -> None:
     bpy.ops.wm.read_factory_settings(use_empty=True)
 
 
-def import_asset(path: str) -> list:
+def import_asset(path: str, allow_missing_textures: bool = False, warnings: list | None = None) -> list:
+    """Imports ``path`` into the scene (after :func:`check_asset`; its warnings are appended to ``warnings``)."""
     ext = os.path.splitext(path)[1].lower()
     kind = IMPORTERS.get(ext)
     if kind is None:
         raise AssetError(f"unsupported asset type {ext!r} ({path}); supported: {', '.join(sorted(IMPORTERS))}")
     if os.path.getsize(path) == 0:
         raise AssetError(f"empty file: {path}")
+    found = check_asset(path, allow_missing_textures)
+    if warnings is not None:
+        warnings.extend(found)
     before = set(bpy.data.objects)
     try:
         if kind == "gltf":
@@ -75,6 +76,11 @@ def mesh_bounds(max_faces: int) -> tuple[np.ndarray, np.ndarray, int]:
             co = np.empty(n * 3, dtype=np.float64)
             mesh.vertices.foreach_get("co", co)
             co = co.reshape(-1, 3)
+            if not np.isfinite(co).all():
+                bad = int((~np.isfinite(co)).any(axis=1).sum())
+                ev.to_mesh_clear()
+                raise AssetError(f"mesh {obj.name!r} has {bad} of {n} vertices at non-finite (NaN/inf) positions; "
+                                 f"fix or drop the asset")
             mw = np.array(ev.matrix_world)
             world = co @ mw[:3, :3].T + mw[:3, 3]
             lo, hi = np.minimum(lo, world.min(0)), np.maximum(hi, world.max(0))
@@ -246,10 +252,12 @@ def passes_to_views(passes: dict[str, np.ndarray], depth_scale: float) -> dict[s
 
 
 def render_object(path: str, rig: Rig, settings: RenderSettings, depth_scale: float, workdir: str | None = None,
-                  rng: np.random.Generator | None = None) -> dict:
-    """Import ``path``, normalise it and render every rig view. Returns arrays and metadata for the shard."""
+                  rng: np.random.Generator | None = None, allow_missing_textures: bool = False) -> dict:
+    """Import ``path``, normalise it and render every rig view. Returns arrays and metadata for the shard
+    (``warnings``: what :func:`check_asset` let through, e.g. missing textures when allowed)."""
     reset_scene()
-    import_asset(path)
+    warnings: list[str] = []
+    import_asset(path, allow_missing_textures, warnings)
     lo, hi, faces = mesh_bounds(settings.max_faces)
     colour_unshaded_meshes()
     scale, offset = normalise_scene(lo, hi)
@@ -275,4 +283,5 @@ def render_object(path: str, rig: Rig, settings: RenderSettings, depth_scale: fl
         "normalization": {"scale": float(scale), "offset": [float(v) for v in offset]},
         "faces": int(faces),
         "lighting": lighting,
+        "warnings": warnings,
     }

@@ -226,3 +226,90 @@ def load_glb(path: str) -> trimesh.Scene:
     """Loads a GLB with trimesh as a Scene (raises on a broken file)."""
     with open(path, "rb") as f:
         return trimesh.load(io.BytesIO(f.read()), file_type="glb", force="scene")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Importable-but-broken and mislabelled files (issue 14): what scraped sets hold. None is in all_assets().
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _glb_parts(data: bytes) -> tuple[dict, bytes]:
+    """(JSON, BIN chunk) of a well-formed GLB."""
+    import json
+    import struct
+
+    json_len = struct.unpack_from("<I", data, 12)[0]
+    doc = json.loads(data[20:20 + json_len])
+    bin_len = struct.unpack_from("<I", data, 20 + json_len)[0]
+    return doc, data[28 + json_len:28 + json_len + bin_len]
+
+
+def _glb_from_parts(doc: dict, binary: bytes) -> bytes:
+    import json
+    import struct
+
+    js = json.dumps(doc).encode()
+    js += b" " * (-len(js) % 4)
+    binary += b"\0" * (-len(binary) % 4)
+    total = 12 + 8 + len(js) + 8 + len(binary)
+    return (b"glTF" + struct.pack("<II", 2, total) + struct.pack("<I", len(js)) + b"JSON" + js
+            + struct.pack("<I", len(binary)) + b"BIN\0" + binary)
+
+
+def _textured_glb_bytes() -> bytes:
+    mesh = uv_box(1.0)
+    material = trimesh.visual.material.PBRMaterial(name="checker", baseColorTexture=checkerboard(),
+                                                   metallicFactor=0.0, roughnessFactor=1.0)
+    mesh.visual = trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=material)
+    return mesh.export(file_type="glb")
+
+
+def textured_gltf(directory: str, name: str = "textured_gltf", drop_texture: bool = False) -> GeneratedAsset:
+    """The checkerboard box as a .gltf with its texture in a separate ``<name>_albedo.png`` and its buffer in
+    ``<name>.bin``; ``drop_texture`` leaves the PNG out (an asset copied without its textures)."""
+    import json
+
+    doc, binary = _glb_parts(_textured_glb_bytes())
+    view = doc["bufferViews"][doc["images"][0]["bufferView"]]
+    png = binary[view.get("byteOffset", 0):view.get("byteOffset", 0) + view["byteLength"]]
+    doc["images"][0] = {"uri": f"{name}_albedo.png", "mimeType": "image/png"}
+    doc["buffers"][0]["uri"] = f"{name}.bin"
+    _write(os.path.join(directory, f"{name}.bin"), binary)
+    if not drop_texture:
+        _write(os.path.join(directory, f"{name}_albedo.png"), png)
+    path = _write(os.path.join(directory, f"{name}.gltf"), json.dumps(doc).encode())
+    return GeneratedAsset(path, "missing_texture" if drop_texture else "textured", None if drop_texture else
+                          trimesh.Trimesh(uv_box(1.0).vertices, uv_box(1.0).faces, process=False),
+                          valid=not drop_texture, info={"texture": f"{name}_albedo.png"})
+
+
+def nan_positions_glb(directory: str, name: str = "nan_positions", value: float = float("nan")) -> GeneratedAsset:
+    """:func:`simple_mesh` as GLB whose first vertex position is ``value`` (NaN or inf) in the binary buffer."""
+    doc, binary = _glb_parts(simple_mesh().export(file_type="glb"))
+    acc = doc["accessors"][doc["meshes"][0]["primitives"][0]["attributes"]["POSITION"]]
+    view = doc["bufferViews"][acc["bufferView"]]
+    start = view.get("byteOffset", 0) + acc.get("byteOffset", 0)
+    binary = bytearray(binary)
+    binary[start:start + 12] = np.full(3, value, "<f4").tobytes()
+    path = _write(os.path.join(directory, f"{name}.glb"), _glb_from_parts(doc, bytes(binary)))
+    return GeneratedAsset(path, "nan_positions", None, valid=False)
+
+
+def draco_declared_glb(directory: str, name: str = "draco") -> GeneratedAsset:
+    """A GLB that declares ``KHR_draco_mesh_compression`` as used and required (as every Draco glTF does)."""
+    doc, binary = _glb_parts(simple_mesh().export(file_type="glb"))
+    doc["extensionsUsed"] = doc["extensionsRequired"] = ["KHR_draco_mesh_compression"]
+    path = _write(os.path.join(directory, f"{name}.glb"), _glb_from_parts(doc, binary))
+    return GeneratedAsset(path, "draco", None, valid=False)
+
+
+def html_as_glb(directory: str, name: str = "html_page") -> GeneratedAsset:
+    """An HTML page saved as ``.glb`` (a download that returned a login or error page)."""
+    page = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please sign in</body></html>\n"
+    return GeneratedAsset(_write(os.path.join(directory, f"{name}.glb"), page), "html", None, valid=False)
+
+
+def lfs_pointer_glb(directory: str, name: str = "lfs_pointer") -> GeneratedAsset:
+    """A Git-LFS pointer file saved as ``.glb`` (a clone made without ``git lfs``)."""
+    pointer = (b"version https://git-lfs.github.com/spec/v1\n"
+               b"oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 1048576\n")
+    return GeneratedAsset(_write(os.path.join(directory, f"{name}.glb"), pointer), "lfs", None, valid=False)

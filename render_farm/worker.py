@@ -42,7 +42,8 @@ def render_job(job: dict) -> dict:
     settings = RenderSettings(**job["settings"])
     rig = make_rig(job["rig"], job["uid"], settings.resolution, settings.seed, **job.get("rig_options", {}))
     out = render_object(job["path"], rig, settings, job["depth_scale"], rng=object_rng("lighting", job["uid"],
-                                                                                       settings.seed))
+                                                                                       settings.seed),
+                        allow_missing_textures=job.get("allow_missing_textures", False))
     import bpy
 
     meta = {
@@ -56,6 +57,8 @@ def render_job(job: dict) -> dict:
         "faces": out["faces"],
         "source_metadata": job.get("metadata", {}),
     }
+    if out["warnings"]:
+        meta["warnings"] = out["warnings"]
     if "neighbours_of" in rig.extra:
         meta["neighbours_of"] = {str(k): v for k, v in rig.extra["neighbours_of"].items()}
     sample = encode_sample(job["uid"], out["views"], out["c2w"], out["K"], out["hw"], meta)

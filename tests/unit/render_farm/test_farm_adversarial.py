@@ -15,6 +15,8 @@ import tarfile
 import pytest
 
 from render_farm import cli
+from render_farm import synthetic as gen
+from render_farm.asset_checks import AssetError, check_asset
 from render_farm.shards import ShardIndexError, ShardWriter, resolve_shards, update_index
 from render_farm.shards import write as shard_write
 from render_farm.sources import LocalDirSource
@@ -165,3 +167,50 @@ def test_index_rebuild_command_repairs_a_corrupt_index(tmp_path, capsys):
     (tmp_path / "index.json").write_text("<html>")
     assert cli.main(["index", "--out", str(tmp_path)]) == 0
     assert resolve_shards(str(tmp_path))[1] == {str(tmp_path / "00000-000000.tar"): 1}
+
+
+# --- 3./4. importable-but-broken and mislabelled assets (no Blender: the checks run before import) ------------------
+
+def test_missing_gltf_texture_is_a_failure_or_with_the_switch_a_warning(tmp_path):
+    good = gen.textured_gltf(str(tmp_path), "good")
+    assert check_asset(good.path) == []
+    bad = gen.textured_gltf(str(tmp_path), "bad", drop_texture=True)
+    with pytest.raises(AssetError, match=r"1 missing texture file\(s\): 'bad_albedo.png'.*--allow-missing-textures"):
+        check_asset(bad.path)
+    (warning,) = check_asset(bad.path, allow_missing_textures=True)
+    assert "bad_albedo.png" in warning
+
+
+def test_missing_obj_material_texture_is_a_failure(tmp_path):
+    (tmp_path / "m.mtl").write_text("newmtl a\nKd 1 1 1\nmap_Kd textures/wood.png\n")
+    (tmp_path / "o.obj").write_text("mtllib m.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nusemtl a\nf 1 2 3\n")
+    with pytest.raises(AssetError, match=r"missing texture.*'textures/wood.png'"):
+        check_asset(str(tmp_path / "o.obj"))
+    (tmp_path / "textures").mkdir()
+    (tmp_path / "textures" / "wood.png").write_bytes(b"\x89PNG")
+    assert check_asset(str(tmp_path / "o.obj")) == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_vertex_positions_are_a_failure(tmp_path, value):
+    a = gen.nan_positions_glb(str(tmp_path), value=value)
+    with pytest.raises(AssetError, match=r"non-finite \(NaN/inf\) vertex positions.*1 of 8 vertices"):
+        check_asset(a.path)
+    assert check_asset(gen.textured_box(str(tmp_path)).path) == []  # a clean GLB with a BIN chunk passes
+
+
+def test_draco_gltf_is_named_with_what_to_do(tmp_path):
+    a = gen.draco_declared_glb(str(tmp_path))
+    with pytest.raises(AssetError, match=r"Draco-compressed \(KHR_draco_mesh_compression\).*--custom-blender-path"):
+        check_asset(a.path)
+
+
+@pytest.mark.parametrize("make,words", [(gen.html_as_glb, "is an HTML page"), (gen.lfs_pointer_glb,
+                                                                                "is a Git LFS pointer")])
+def test_html_page_and_lfs_pointer_saved_as_glb_are_named(tmp_path, make, words):
+    with pytest.raises(AssetError, match=words):
+        check_asset(make(str(tmp_path)).path)
+
+
+def test_a_truncated_glb_is_left_to_blenders_importer(tmp_path):
+    assert check_asset(gen.truncated_glb(str(tmp_path)).path) == []
