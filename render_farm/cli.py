@@ -5,16 +5,25 @@
     lift3d-render mvimgnet  --root /data/mvimgnet --out data/shards/mvimgnet
     lift3d-render zero123   --shards 'data/shards/objaverse/*.tar' --weights /models/zero123-xl --out data/shards/one2345
     lift3d-render index     --out data/shards/objaverse      # rebuild index.json from the shards on disk
+
+A user error (bad settings, a missing or empty input, an --out rendered with other settings, a corrupt index) is one
+line on stderr naming the file or flag and the fix, with exit status 2; a write that fails mid-run (disk full) is one
+line and exit status 1, and the same command resumes once the cause is fixed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from render_farm.config import load_render_config
+from render_farm.config import RenderSettingsError, load_render_config
 from render_farm.tasks import report_task, resolve_task
+
+
+class UserError(Exception):
+    """An error in what the user asked for: printed as one line, exit status 2."""
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -46,6 +55,11 @@ def _objaverse_parser(sub) -> None:
     p.add_argument("--download-processes", type=int, default=4,
                    help="parallel Objaverse downloads (the next batch downloads while this one renders)")
     p.add_argument("--retry-failed", action="store_true", help="render objects in the failure manifest again")
+    p.add_argument("--allow-missing-textures", action="store_true", default=None,
+                   help="render assets whose texture images are missing (recorded as a warning in meta.json) instead "
+                        "of recording them as failed")
+    p.add_argument("--allow-settings-change", action="store_true",
+                   help="render into an --out whose samples were made with other settings (_state/settings.json)")
     p.add_argument("--no-progress", action="store_true")
     _add_task_args(p)
 
@@ -62,15 +76,25 @@ def _make_source(args):
 
 
 def run_objaverse(args) -> int:
-    from render_farm.farm import render_task
+    from render_farm.farm import AssetSelectionError, render_task
+    from render_farm.shards import SettingsMismatchError, ShardIndexError
+    from render_farm.sources import ObjaverseError
 
-    cfg = load_render_config(args.config, rig=args.rig, resolution=args.resolution, samples=args.samples,
-                             lighting=args.lighting, seed=args.seed, timeout_s=args.timeout_s,
-                             shard_maxcount=args.shard_maxcount)
-    task, count = resolve_task(args.rank, args.world_size)
-    summary = render_task(_make_source(args), args.out, cfg, task, count, num_workers=args.num_workers,
-                          blender_path=args.custom_blender_path, retry_failed=args.retry_failed,
-                          progress=not args.no_progress)
+    try:  # everything named on the command line: the settings, the task, the source's directory or uids file
+        cfg = load_render_config(args.config, rig=args.rig, resolution=args.resolution, samples=args.samples,
+                                 lighting=args.lighting, seed=args.seed, timeout_s=args.timeout_s,
+                                 shard_maxcount=args.shard_maxcount,
+                                 allow_missing_textures=args.allow_missing_textures)
+        task, count = resolve_task(args.rank, args.world_size)
+        source = _make_source(args)
+    except (RenderSettingsError, ObjaverseError, FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    try:
+        summary = render_task(source, args.out, cfg, task, count, num_workers=args.num_workers,
+                              blender_path=args.custom_blender_path, retry_failed=args.retry_failed,
+                              progress=not args.no_progress, allow_settings_change=args.allow_settings_change)
+    except (RenderSettingsError, SettingsMismatchError, AssetSelectionError, ShardIndexError, ObjaverseError) as exc:
+        raise UserError(str(exc)) from exc
     report_task(summary, args.out, task)
     return 0
 
@@ -78,6 +102,8 @@ def run_objaverse(args) -> int:
 def run_index(args) -> int:
     from render_farm.shards import update_index
 
+    if not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out!r} is not a directory; pass the shard directory whose index to rebuild")
     doc = update_index(args.out, rebuild=True)
     print(json.dumps({"shards": len(doc["shardlist"]), "samples": doc["total_samples"]}))
     return 0
@@ -126,8 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def _dispatch(args) -> int:
     if args.command == "objaverse":
         return run_objaverse(args)
     if args.command == "index":
@@ -139,6 +164,18 @@ def main(argv=None) -> int:
     from render_farm import mvimgnet
 
     return mvimgnet.run(args)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        print(f"lift3d-render {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as exc:  # a write failing mid-run (disk full): the message says how to resume
+        print(f"lift3d-render {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

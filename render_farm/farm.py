@@ -2,7 +2,9 @@
 
 ``render_task`` is what ``lift3d-render objaverse`` runs on one machine (or in one SLURM array task). It is
 resumable: objects already in a committed shard, or already recorded as failed, are not rendered again (pass
-``retry_failed`` to try failures once more).
+``retry_failed`` to try failures once more). Before the first object it checks what would otherwise fail every
+object: the settings (and the rig built with its options), an empty selection, and an ``--out`` that holds samples
+rendered with other settings (``_state/settings.json``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from render_farm.config import RenderConfig
-from render_farm.shards import ShardWriter
-from render_farm.sources import Asset
+from render_farm.shards import ShardWriter, check_settings
+from render_farm.sources import SUPPORTED_EXTENSIONS, Asset, LocalDirSource
 from render_farm.tasks import task_slice
 from render_farm.worker import WorkerPool
 
@@ -46,6 +48,17 @@ class TaskSummary:
                 f" peak worker memory {self.worker_maxrss_mb:.0f} MB")
 
 
+class AssetSelectionError(ValueError):
+    """The source selects nothing to render, or cannot list its assets (a user error: the message says why)."""
+
+
+def _no_assets_message(source) -> str:
+    if isinstance(source, LocalDirSource):
+        return (f"--glb-dir {source.root!r} holds no assets (no {', '.join(SUPPORTED_EXTENSIONS)} files in it or its "
+                f"subdirectories); point --glb-dir at the folder with your assets")
+    return f"the {getattr(source, 'name', 'asset')} selection is empty: nothing to render; check the selection flags"
+
+
 def _precheck(asset: Asset, cfg: RenderConfig) -> str | None:
     """Why the asset cannot be rendered without starting Blender, or None."""
     if asset.path is None:
@@ -62,9 +75,21 @@ def _precheck(asset: Asset, cfg: RenderConfig) -> str | None:
 
 def render_task(source, out_dir: str, cfg: RenderConfig, task: int = 0, count: int = 1, num_workers: int = 1,
                 blender_path: str | None = None, retry_failed: bool = False, fetch_batch: int = 64,
-                progress: bool = True) -> TaskSummary:
+                progress: bool = True, allow_settings_change: bool = False) -> TaskSummary:
+    """Renders this task's slice. Raises before rendering anything: ``RenderSettingsError`` (bad settings),
+    :class:`AssetSelectionError` (nothing selected, or the selection is unusable), ``SettingsMismatchError`` (``out_dir`` holds samples made with other settings, unless
+    ``allow_settings_change``). An OSError while a shard is written (disk full) ends the task with the open shard
+    cut back to its last complete sample: rerunning resumes."""
+    cfg.validate()
+    try:
+        selected = source.assets()
+    except (FileNotFoundError, ValueError) as exc:  # unknown uids or LVIS categories, two files with one id, ...
+        raise AssetSelectionError(str(exc)) from exc
+    if not selected:
+        raise AssetSelectionError(_no_assets_message(source))
+    assets = task_slice(selected, task, count, key=lambda a: a.uid)
     os.makedirs(out_dir, exist_ok=True)
-    assets = task_slice(source.assets(), task, count, key=lambda a: a.uid)
+    check_settings(out_dir, cfg.fingerprint(), allow_change=allow_settings_change)
     summary = TaskSummary(task, count, assigned=len(assets))
     cpus = len(os.sched_getaffinity(0))  # the CPUs this job may use (a SLURM allocation), not the node's
     threads = cfg.threads_per_worker or max(1, cpus // max(1, num_workers))
@@ -98,6 +123,7 @@ def render_task(source, out_dir: str, cfg: RenderConfig, task: int = 0, count: i
                 yield {"uid": asset.uid, "path": os.path.abspath(asset.path), "source": asset.source,
                        "licence": asset.licence, "sha256": asset.sha256(), "metadata": asset.metadata,
                        "rig": cfg.rig, "rig_options": cfg.rig_options, "depth_scale": cfg.depth_scale,
+                       "allow_missing_textures": cfg.allow_missing_textures,
                        "settings": cfg.blender_settings(threads)}
 
     pool = WorkerPool(num_workers, writer.paths.log[: -len(".log")], timeout_s=cfg.timeout_s,
@@ -106,7 +132,12 @@ def render_task(source, out_dir: str, cfg: RenderConfig, task: int = 0, count: i
         with pool:
             for job, status, payload in pool.run(jobs()):
                 if status == "ok":
-                    writer.write(payload["sample"], payload["record"])
+                    try:
+                        writer.write(payload["sample"], payload["record"])
+                    except OSError as exc:
+                        raise OSError(f"writing object {job['uid']} into {out_dir} failed: {exc}; the open "
+                                      f"shard was cut back to its last complete sample, so running the same command "
+                                      f"again (after fixing the cause) resumes there") from exc
                     summary.ok += 1
                     summary.views += payload["record"]["views"]
                     summary.worker_maxrss_mb = max(summary.worker_maxrss_mb, payload["record"]["worker_maxrss_mb"])

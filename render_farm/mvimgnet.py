@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import sys
 import traceback
 from dataclasses import dataclass
 
@@ -337,9 +338,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         task, count = resolve_task(args.rank, args.world_size)
-        videos = task_slice(list_videos(args.root), task, count, key=lambda v: v.key)
+        found = list_videos(args.root)
+        videos = task_slice(found, task, count, key=lambda v: v.key)
     except (FileNotFoundError, ValueError) as exc:
         print(f"mvimgnet: {exc}")
+        return 2
+    if not found:
+        print(f"mvimgnet: no videos under --root {args.root!r} (expected <root>/<category>/<video>/ holding images/ "
+              f"and sparse/0/); point --root at the MVImgNet root", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
     ok = failed = skipped = 0

@@ -23,12 +23,13 @@ from render_farm.shards.spec import (CAMERAS, FORMAT, KEY_RE, MAX_VIEWS, META, V
                                      view_member)
 from render_farm.shards.tar_index import (LazySample, ShardIndexError, TarScanError, index_counts, read_index,
                                          resolve_shards, scan_samples)
-from render_farm.shards.write import (ShardWriter, TaskPaths, count_samples, encode_cameras, encode_png,
-                                      encode_sample, update_index)
+from render_farm.shards.write import (SettingsMismatchError, ShardWriter, TaskPaths, check_settings, count_samples,
+                                      encode_cameras, encode_png, encode_sample, update_index)
 
 __all__ = [
     "CAMERAS", "FORMAT", "KEY_RE", "KINDS", "MAX_VIEWS", "META", "VIEW_KINDS", "CorruptSampleError", "LazySample",
-    "ShardIndexError", "ShardWriter", "TarScanError", "TaskPaths", "check_key", "check_views", "count_samples",
+    "SettingsMismatchError", "ShardIndexError", "ShardWriter", "TarScanError", "TaskPaths", "check_key",
+    "check_settings", "check_views", "count_samples",
     "decode_bgra", "decode_depth", "decode_depth_raw", "decode_normal", "decode_rgba", "encode_cameras", "encode_png",
     "encode_sample", "index_counts", "read_cameras", "read_index", "read_header", "read_meta", "resolve_shards",
     "sample_key", "sanitise_key", "scan_samples", "update_index", "view_member", "view_roles",

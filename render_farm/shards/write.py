@@ -6,6 +6,7 @@ Layout of an output directory::
     index.json                  every committed shard's sample count (wids shard-index format + ``format``)
     _state/task-00000.done.jsonl   one line per flushed sample: key, shard, byte offset where the sample ends
     _state/task-00000.failures.jsonl  the failure manifest: key, reason, log excerpt
+    _state/settings.json        the settings every sample of the directory was made with (check_settings)
     _logs/task-00000.log        the task's Blender stdout/stderr
 
 Exactly-once: a sample is written to the open ``.tar.tmp`` and fsynced *before* its line goes to the done-list.
@@ -178,6 +179,46 @@ def update_index(out_dir: str, entries: dict[str, int] | None = None, rebuild: b
             os.fsync(f.fileno())
         os.replace(tmp, path)
     return doc
+
+
+class SettingsMismatchError(ValueError):
+    """An output directory holds samples made with other settings than this run's."""
+
+
+def check_settings(out_dir: str, settings: dict, allow_change: bool = False, flag: str = "--allow-settings-change"
+                   ) -> dict | None:
+    """Record ``settings`` (JSON-able) in ``_state/settings.json`` on the first run into ``out_dir``; on later runs
+    (resumes, other array tasks) compare them. Different settings raise :class:`SettingsMismatchError` listing each
+    difference, unless ``allow_change`` (then the file records the new settings; returns the old ones)."""
+    state = os.path.join(out_dir, "_state")
+    os.makedirs(state, exist_ok=True)
+    path = os.path.join(state, "settings.json")
+    settings = json.loads(json.dumps(settings, sort_keys=True))  # as it reads back (tuples -> lists)
+    with open(os.path.join(state, ".settings.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = None
+        if os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    old = json.load(f)["settings"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise SettingsMismatchError(f"{path} is unreadable ({exc!r}); delete it to record this run's "
+                                            f"settings") from None
+            if old == settings:
+                return None
+            diff = [f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in sorted(set(old) | set(settings))
+                    if old.get(k) != settings.get(k)]
+            if not allow_change:
+                raise SettingsMismatchError(
+                    f"{out_dir} was rendered with other settings ({'; '.join(diff)}; recorded in {path}): use a new "
+                    f"--out for these settings, or pass {flag} to add samples made with them to this directory")
+        tmp = path + f".tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"settings": settings, "previous": old}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return old
 
 
 @dataclass
