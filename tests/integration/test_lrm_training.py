@@ -15,8 +15,15 @@ import torch
 from configs import ROOT
 from geometry.cameras import backproject_depth
 from geometry.mesh import chamfer_distance, sample_surface
-from tests.integration.lrm_helpers import (OVERFIT_STEPS, LossRecorder, all_views, datamodule, tiny_module, trainer,
-                                           view_metrics)
+from tests.integration.lrm_helpers import (
+    OVERFIT_STEPS,
+    LossRecorder,
+    all_views,
+    datamodule,
+    tiny_module,
+    trainer,
+    view_metrics,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ import pytest
 from jsonargparse import ArgumentParser
 
 from configs import DATA_DIR, load_block
-from datamodules.views import finalize
 from datamodules.shard_datamodule import ShardDataModule
+from datamodules.views import finalize
 from tests.unit.datamodules.conftest import write_shards
 
 CONFIGS = sorted(DATA_DIR.glob("*.yaml"))

@@ -13,8 +13,14 @@ import torch
 import yaml
 
 from configs import ROOT
-from lightning_modules.launch.deepspeed import (DeepSpeedStrategy, convert_checkpoint, convert_main, is_zero_checkpoint,
-                                                load_deepspeed_config, resolve_config_path)
+from lightning_modules.launch.deepspeed import (
+    DeepSpeedStrategy,
+    convert_checkpoint,
+    convert_main,
+    is_zero_checkpoint,
+    load_deepspeed_config,
+    resolve_config_path,
+)
 from tests.unit.lightning_modules.conftest import tiny_lrm_args
 
 JSONS = {"zero2": 2, "zero3_offload": 3}

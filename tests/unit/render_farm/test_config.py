@@ -4,8 +4,8 @@ import os
 import pytest
 
 from configs import RENDER_DIR as CONFIG_DIR
-from render_farm.config import RenderSettings, load_render_config
 from render_farm.cli import build_parser
+from render_farm.config import RenderSettings, load_render_config
 
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 
