@@ -294,9 +294,19 @@ def nan_positions_glb(directory: str, name: str = "nan_positions", value: float 
     return GeneratedAsset(path, "nan_positions", None, valid=False)
 
 
-def draco_declared_glb(directory: str, name: str = "draco") -> GeneratedAsset:
-    """A GLB that declares ``KHR_draco_mesh_compression`` as used and required (as every Draco glTF does)."""
+def draco_glb(directory: str, name: str = "draco") -> GeneratedAsset:
+    """A GLB laid out as Draco-compressed: ``KHR_draco_mesh_compression`` used and required, and its primitive
+    pointing at a bufferView of Draco bytes. (The bytes are a Draco header only, not a decodable stream: the project
+    ships no Draco encoder; the pip bpy wheel cannot decode either.)"""
     doc, binary = _glb_parts(simple_mesh().export(file_type="glb"))
+    binary += b"\0" * (-len(binary) % 4)
+    draco_bytes = b"DRACO\x02\x02\x01\x01\x00\x00" + bytes(21)
+    doc["bufferViews"].append({"buffer": 0, "byteOffset": len(binary), "byteLength": len(draco_bytes)})
+    binary += draco_bytes
+    doc["buffers"][0]["byteLength"] = len(binary) + (-len(binary) % 4)
+    prim = doc["meshes"][0]["primitives"][0]
+    prim["extensions"] = {"KHR_draco_mesh_compression": {"bufferView": len(doc["bufferViews"]) - 1,
+                                                         "attributes": {"POSITION": 0}}}
     doc["extensionsUsed"] = doc["extensionsRequired"] = ["KHR_draco_mesh_compression"]
     path = _write(os.path.join(directory, f"{name}.glb"), _glb_from_parts(doc, binary))
     return GeneratedAsset(path, "draco", None, valid=False)

@@ -43,7 +43,7 @@ def broken_render(tmp_path_factory):
     root = tmp_path_factory.mktemp("broken")
     d = root / "assets"
     d.mkdir()
-    for make in (gen.nan_positions_glb, gen.draco_declared_glb, gen.html_as_glb, gen.lfs_pointer_glb):
+    for make in (gen.nan_positions_glb, gen.draco_glb, gen.html_as_glb, gen.lfs_pointer_glb):
         make(str(d))
     gen.textured_gltf(str(d), "textured_gltf")
     gen.textured_gltf(str(d), "no_texture", drop_texture=True)

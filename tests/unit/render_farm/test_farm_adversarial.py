@@ -200,7 +200,7 @@ def test_non_finite_vertex_positions_are_a_failure(tmp_path, value):
 
 
 def test_draco_gltf_is_named_with_what_to_do(tmp_path):
-    a = gen.draco_declared_glb(str(tmp_path))
+    a = gen.draco_glb(str(tmp_path))
     with pytest.raises(AssetError, match=r"Draco-compressed \(KHR_draco_mesh_compression\).*--custom-blender-path"):
         check_asset(a.path)
 
