@@ -9,6 +9,25 @@ import pytest
 from configs import RENDER_DIR, ROOT
 from render_farm import synthetic as assets
 
+# Hang guards for the tests that use a costly session fixture (the rule: tests/README.md). pytest-timeout counts a
+# fixture's setup in the test that runs first, so every test that uses the fixture gets 4× (its idle setup time + the
+# slowest test body that uses it); a higher marker on the test stays. Idle times: the 2-core CI machine.
+FIXTURE_TIMEOUT_S = {
+    # lrm_shards ~5 s + 400 steps of lrm_tiny ~240 s (BENCHMARKS.md, "LRM overfitting run") + test_evaluate's
+    # trained_run (eval_shards ~10 s, one `lift3d evaluate` ~60 s): ~320 s idle
+    "overfit_lrm": 1300,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        need = max((FIXTURE_TIMEOUT_S[f] for f in item.fixturenames if f in FIXTURE_TIMEOUT_S), default=0)
+        marker = item.get_closest_marker("timeout")
+        current = float(marker.kwargs.get("timeout", marker.args[0] if marker.args else 0)) if marker else default
+        if need > current:
+            item.add_marker(pytest.mark.timeout(need))
+
 
 def render_cli(*args, check=True, **kw):
     """Runs ``lift3d-render`` exactly as a user would (a fresh process)."""
@@ -36,8 +55,15 @@ def overfit_lrm(lrm_shards, tmp_path_factory):
     before training, and the trained run's checkpoint (``ckpt``) and an untrained one (``ckpt_untrained``)."""
     import lightning as L
 
-    from tests.integration.lrm_helpers import (OVERFIT_STEPS, LossRecorder, all_views, datamodule, tiny_module,
-                                               trainer, view_metrics)
+    from tests.integration.lrm_helpers import (
+        OVERFIT_STEPS,
+        LossRecorder,
+        all_views,
+        datamodule,
+        tiny_module,
+        trainer,
+        view_metrics,
+    )
 
     L.seed_everything(0)
     module = tiny_module()
