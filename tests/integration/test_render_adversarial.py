@@ -128,3 +128,39 @@ def test_render_config_errors_name_the_file_and_key_or_the_flag(tmp_path, yaml_t
     if flags:
         assert "bad.yaml" not in line  # a bad flag is blamed on the flag, not the YAML
     assert not (tmp_path / "shards").exists()
+
+
+def test_disk_full_mid_run_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch, capsys):
+    """The farm's parent writes the shards: a full disk while the second object is written ends the run (exit 1,
+    one line saying how to resume) with the first object committed and no half sample; the rerun renders the rest."""
+    import errno
+
+    from render_farm import cli
+    from render_farm.shards import write as shard_write
+
+    d = tmp_path / "assets"
+    d.mkdir()
+    for make in (gen.textured_box, gen.vertex_coloured_sphere, gen.non_manifold):
+        make(str(d))
+    out = tmp_path / "shards"
+    real, written = shard_write._write_member, []
+
+    def disk_fills_in_the_second_object(tar, name, data, mtime):
+        key = name.split(".", 1)[0]
+        if key not in written:
+            written.append(key)
+        if len(written) == 2 and name.endswith("000.rgba.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(tar, name, data, mtime)
+
+    monkeypatch.setattr(shard_write, "_write_member", disk_fills_in_the_second_object)
+    args = ["objaverse", "--glb-dir", str(d), "--out", str(out), *map(str, TINY), "--shard-maxcount", "8"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "resumes" in err[0], err
+    assert not list(out.glob("*.tmp"))
+    assert sorted(_metas(out)) == [written[0]]  # the second object never reached a .tar, not even in part
+    monkeypatch.setattr(shard_write, "_write_member", real)
+    assert cli.main(args) == 0
+    assert "2 ok, 0 failed, 1 already done" in capsys.readouterr().out
+    assert sorted(_metas(out)) == ["non_manifold", "textured_box", "vertex_coloured_sphere"]

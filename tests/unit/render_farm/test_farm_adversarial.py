@@ -214,3 +214,9 @@ def test_html_page_and_lfs_pointer_saved_as_glb_are_named(tmp_path, make, words)
 
 def test_a_truncated_glb_is_left_to_blenders_importer(tmp_path):
     assert check_asset(gen.truncated_glb(str(tmp_path)).path) == []
+
+
+def test_an_empty_mvimgnet_root_is_an_error(tmp_path, capsys):
+    (tmp_path / "root" / "chair").mkdir(parents=True)
+    assert cli.main(["mvimgnet", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out")]) == 2
+    assert "no videos under --root" in capsys.readouterr().err
