@@ -211,7 +211,8 @@ class PassSummary:
 def predict_task(shards: list[str], out_dir: str, cfg: PassSettings, task: int = 0, count: int = 1,
                  device: str = "auto", retry_failed: bool = False, shard_maxcount: int = 64,
                  progress: bool = True, pipeline: Zero123Pipeline | None = None) -> PassSummary:
-    """Predict this task's slice (sorted input shards[task::count]) into ``out_dir``; resumable, crash-safe."""
+    """Predict this task's slice (the input shards that ``tasks.task_of`` gives it) into ``out_dir``; resumable,
+    crash-safe."""
     from tqdm import tqdm
 
     os.makedirs(out_dir, exist_ok=True)
