@@ -3,6 +3,7 @@
 Task t of T takes the items whose id hashes to t (``task_of``): disjoint, deterministic, stable when a task is
 re-run (a requeued array task picks up exactly its own objects again), and a function of each id alone, so array
 tasks that list a directory while it grows still never share an object (a position in a sorted list would shift).
+The Zero123 pass splits its few, fixed input shards round-robin instead (``round_robin``), so each task gets one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def task_of(item_id: str, count: int) -> int:
 def task_slice(items: Sequence[T], task: int, count: int, key=lambda x: x) -> list[T]:
     """The items of task ``task`` of ``count``, sorted by ``key`` (a string id)."""
     return [x for x in sorted(items, key=key) if count == 1 or task_of(key(x), count) == task]
+
+
+def round_robin(items: Sequence[T], task: int, count: int, key=lambda x: x) -> list[T]:
+    """``sorted(items)[task::count]``: balanced, for a few coarse inputs fixed when the array is submitted (the
+    Zero123 pass's input shards: every task gets one while there are at least as many shards as tasks)."""
+    return sorted(items, key=key)[task::count]
 
 
 def report_task(summary, out_dir: str, task: int, max_failures: int = 20) -> None:

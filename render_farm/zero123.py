@@ -42,7 +42,7 @@ from lightning_modules.networks.zero123 import (WeightsError, Zero123Pipeline, c
 from render_farm.shards import (CAMERAS, MAX_VIEWS, META, CorruptSampleError, ShardWriter, TarScanError,
                                 check_views, decode_rgba, encode_cameras, encode_png, read_header, resolve_shards,
                                 sample_key, scan_samples, view_member)
-from render_farm.tasks import report_task, resolve_task, task_slice
+from render_farm.tasks import report_task, resolve_task, round_robin
 
 PRED_ROLE = "zero123_pred"
 NEIGHBOUR_ROLE = "gt_neighbor"
@@ -211,12 +211,11 @@ class PassSummary:
 def predict_task(shards: list[str], out_dir: str, cfg: PassSettings, task: int = 0, count: int = 1,
                  device: str = "auto", retry_failed: bool = False, shard_maxcount: int = 64,
                  progress: bool = True, pipeline: Zero123Pipeline | None = None) -> PassSummary:
-    """Predict this task's slice (the input shards that ``tasks.task_of`` gives it) into ``out_dir``; resumable,
-    crash-safe."""
+    """Predict this task's slice (sorted input shards[task::count]) into ``out_dir``; resumable, crash-safe."""
     from tqdm import tqdm
 
     os.makedirs(out_dir, exist_ok=True)
-    mine = task_slice(shards, task, count)
+    mine = round_robin(shards, task, count)
     summary = PassSummary(task, count, shards=len(mine))
     pipe = pipeline
     t0 = time.time()
