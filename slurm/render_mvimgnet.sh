@@ -6,7 +6,7 @@
 #   sbatch --array=0-63 slurm/render_mvimgnet.sh --root "$LIFT3D_DATA/mvimgnet" --out data/shards/mvimgnet
 #
 # Every argument after the script goes to `lift3d-render mvimgnet` unchanged (see `lift3d-render mvimgnet -h`).
-# Array task t of T converts the sorted videos t, t+T, t+2T, ... (render_farm/tasks.py): the CLI reads
+# Array task t of T converts the videos whose key hashes to t (render_farm/tasks.py task_of): the CLI reads
 # SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT / SLURM_ARRAY_TASK_MIN itself, so any --array range works. All
 # tasks write into the same --out: shards OUT/<task>-<n>.tar, one shared index.json, per-task state in OUT/_state/.
 # A requeued (pre-empted) task skips the videos in its done-list and carries on. No Blender here: the conversion
@@ -46,7 +46,7 @@ array_min="${SLURM_ARRAY_TASK_MIN:-0}"
 task="${SLURM_ARRAY_TASK_ID:-0}"
 count="${SLURM_ARRAY_TASK_COUNT:-1}"
 echo "render_mvimgnet: host $(hostname) job ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}" \
-     "array task ${task} (slice $(( task - array_min )) of ${count}: sorted videos $(( task - array_min ))::${count})" \
+     "array task ${task} (slice $(( task - array_min )) of ${count}: videos with sha1(key) mod ${count} = $(( task - array_min )))" \
      "cpus ${cpus} restart ${SLURM_RESTART_COUNT:-0} start $(date -Is)"
 cmd=("${render[@]}" mvimgnet "$@")
 echo "render_mvimgnet: repo ${LIFT3D_ROOT} site settings ${site_env}$([[ -f "$site_env" ]] || echo ' (none)')"

@@ -6,7 +6,7 @@
 #   sbatch --array=0-63 slurm/render_objaverse.sh --glb-dir /data/assets --out data/shards/local --rig lrm32
 #
 # Every argument after the script goes to `lift3d-render objaverse` unchanged (see `lift3d-render objaverse -h`).
-# Array task t of T renders the sorted objects t, t+T, t+2T, ... (render_farm/tasks.py): the CLI reads
+# Array task t of T renders the objects whose id hashes to t (render_farm/tasks.py task_of): the CLI reads
 # SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT / SLURM_ARRAY_TASK_MIN itself, so any --array range works. All
 # tasks write into the same --out: shards OUT/<task>-<n>.tar, one shared index.json, per-task state in OUT/_state/.
 # A requeued (pre-empted) task skips the objects in its done-list and carries on.
@@ -53,7 +53,7 @@ array_min="${SLURM_ARRAY_TASK_MIN:-0}"
 task="${SLURM_ARRAY_TASK_ID:-0}"
 count="${SLURM_ARRAY_TASK_COUNT:-1}"
 echo "render_objaverse: host $(hostname) job ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}" \
-     "array task ${task} (slice $(( task - array_min )) of ${count}: sorted objects $(( task - array_min ))::${count})" \
+     "array task ${task} (slice $(( task - array_min )) of ${count}: objects with sha1(id) mod ${count} = $(( task - array_min )))" \
      "cpus ${cpus} workers ${workers} restart ${SLURM_RESTART_COUNT:-0} start $(date -Is)"
 # Our defaults come first: a --num-workers among the user's arguments wins (argparse keeps the last one).
 cmd=("${render[@]}" objaverse --num-workers "$workers" --no-progress "${extra[@]}" "$@")
