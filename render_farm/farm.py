@@ -77,8 +77,8 @@ def render_task(source, out_dir: str, cfg: RenderConfig, task: int = 0, count: i
                 blender_path: str | None = None, retry_failed: bool = False, fetch_batch: int = 64,
                 progress: bool = True, allow_settings_change: bool = False) -> TaskSummary:
     """Renders this task's slice. Raises before rendering anything: ``RenderSettingsError`` (bad settings),
-    :class:`AssetSelectionError` (nothing selected, or the selection is unusable), ``SettingsMismatchError`` (``out_dir`` holds samples made with other settings, unless
-    ``allow_settings_change``). An OSError while a shard is written (disk full) ends the task with the open shard
+    :class:`AssetSelectionError` (nothing selected, or the selection is unusable), ``SettingsMismatchError``
+    (``out_dir`` holds samples made with other settings, unless ``allow_settings_change``). An OSError while a shard is written (disk full) ends the task with the open shard
     cut back to its last complete sample: rerunning resumes."""
     cfg.validate()
     try:
