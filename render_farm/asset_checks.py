@@ -106,8 +106,10 @@ def _non_finite_positions(doc: dict, base_dir: str, glb_bin: bytes | None) -> li
             acc = accessors[a]
             if acc.get("componentType") != 5126 or "bufferView" not in acc:  # float32 only; sparse-only: skip
                 continue
-            view = views[acc["bufferView"]] if 0 <= acc["bufferView"] < len(views) else None
-            buf = _buffer(doc, view.get("buffer", -1), base_dir, glb_bin) if view else None
+            if not 0 <= acc["bufferView"] < len(views):
+                continue
+            view = views[acc["bufferView"]]
+            buf = _buffer(doc, view.get("buffer", -1), base_dir, glb_bin)
             if buf is None:
                 continue
             n, comps = int(acc.get("count", 0)), _COMPONENTS.get(acc.get("type"), 3)
