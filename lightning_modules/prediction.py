@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -69,6 +70,20 @@ def write_prediction(prediction: Prediction, output_dir: str) -> Optional[str]:
     return path
 
 
+def check_output_dir(output_dir: str) -> str:
+    """Creates ``output_dir`` and checks that a file can be written there, before any inference; an ``OSError`` with
+    one line naming the directory and the fix otherwise. Returns the directory."""
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".lift3d-write-check-"):
+            pass
+    except OSError as exc:
+        raise OSError(f"cannot write predictions to {output_dir!r} ({exc.strerror or exc}): set "
+                      f"--model.init_args.predict_dir (or the PredictionWriter's output_dir) to a directory you "
+                      f"can write") from None
+    return output_dir
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes each predict batch's :class:`Prediction` records as it comes (every rank its own batches) to
     ``output_dir``, or to the system's ``predict_dir`` when that is None."""
@@ -76,6 +91,10 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_dir: Optional[str] = None):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "predict":  # before the first batch, not after the first object's inference
+            check_output_dir(self.output_dir or pl_module.predict_dir)
 
     def write(self, predictions: Sequence[Prediction], output_dir: str) -> list[str]:
         """Writes the records; returns the paths of the meshes written."""

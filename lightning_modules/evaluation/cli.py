@@ -49,7 +49,7 @@ from typing import Optional
 import torch
 
 from datamodules.shard_datamodule import DATA_ERRORS
-from lightning_modules.evaluation.reconstruction import LRMReconstructor, list_objects
+from lightning_modules.evaluation.reconstruction import LRMReconstructor, list_objects, read_checkpoint_settings
 from lightning_modules.evaluation.report import _fmt, log_wandb, summarise, summary_table, write_reports
 from lightning_modules.evaluation.scoring import ObjectEvaluator
 from lightning_modules.launch import tracking
@@ -202,6 +202,10 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     many = args.num_nodes > 1 or devices == "auto" or devices > 1
     fabric = Fabric(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
                     strategy="ddp" if many else "auto")
+    try:  # the checkpoint (tensors only) and --model-config checked before Fabric starts any work
+        read_checkpoint_settings(args.ckpt, args.model_config)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"lift3d evaluate: {exc}") from exc
     fabric.launch()
     try:
         return _evaluate(fabric, args)

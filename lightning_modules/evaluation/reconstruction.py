@@ -29,27 +29,14 @@ class LRMReconstructor:
                  mesh_level: Optional[str] = None, model_config: Optional[str] = None):
         from lightning_modules.lrm import LRMModule
 
-        if not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist: point --ckpt at a Lightning checkpoint of "
-                                    "`lift3d fit` (e.g. logs/<run>/checkpoints/last.ckpt)")
-        # hparams only: mmap leaves the weights on disk (they are read once, by load_from_checkpoint)
-        hparams = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters")
-        if hparams is None:
-            raise ValueError(f"{ckpt!r} holds no hyper_parameters: not a checkpoint written by `lift3d fit`")
+        hparams, runtime = read_checkpoint_settings(ckpt, model_config)
         encoder = dict(hparams.get("encoder") or {}, pretrained=False, checkpoint_path=None)
-        self.module = LRMModule.load_from_checkpoint(ckpt, map_location="cpu", encoder=encoder,
+        self.module = LRMModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, encoder=encoder,
                                                      lpips_pretrained=False, lpips_weights=None)
         self.module.to(device).eval()
         # meshing settings are run-time choices, not in the checkpoint: the model YAML's, then the command line's
-        if model_config:
-            import yaml
-
-            if not os.path.isfile(model_config):
-                raise FileNotFoundError(f"--model-config {model_config!r} does not exist: give the model YAML the "
-                                        "checkpoint was trained with (e.g. configs/model/lrm_small.yaml)")
-            with open(model_config) as f:
-                init = (yaml.safe_load(f) or {}).get("init_args", {})
-            self.module.set_runtime(**LRMModule.runtime_settings(init))
+        if runtime:
+            self.module.set_runtime(**runtime)
         if mesh_resolution:
             self.module.set_runtime(mesh_resolution=mesh_resolution)
         if mesh_level is not None:
@@ -73,6 +60,54 @@ class LRMReconstructor:
         verts, faces, colours = self.module.extract_mesh(planes, closed=True)
         return self.module.to_world(verts, source_c2w), faces, colours
 
+
+def _import_class(class_path: str, where: str) -> type:
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module or "lightning_modules.lrm"), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"{where}: class_path {class_path!r} cannot be imported ({exc})") from None
+
+
+def read_checkpoint_settings(ckpt: str, model_config: Optional[str] = None) -> tuple[dict, dict]:
+    """An LRM checkpoint's hyper-parameters (read as tensors and plain data only) and the run-time settings of
+    ``model_config`` (a model YAML, or an experiment YAML's model block) after checking that the YAML configures the
+    checkpoint's module class. Cheap (the weights stay on disk): ``lift3d evaluate`` calls it before any work.
+    ``FileNotFoundError`` / ``ValueError`` naming the file and the fix."""
+    from configs import load_model_block
+    from lightning_modules.launch.checkpoints import CheckpointError, load_checkpoint
+    from lightning_modules.lrm import LRMModule
+
+    if not os.path.isfile(ckpt):
+        raise FileNotFoundError(f"checkpoint {ckpt!r} does not exist: point --ckpt at a Lightning checkpoint of "
+                                "`lift3d fit` (e.g. logs/<run>/checkpoints/last.ckpt)")
+    try:  # mmap: the weights stay on disk (they are read once, by load_from_checkpoint)
+        state = load_checkpoint(ckpt)
+    except CheckpointError as exc:
+        raise ValueError(f"--ckpt: {exc}") from None
+    hparams = state.get("hyper_parameters") if isinstance(state, dict) else None
+    if hparams is None:
+        raise ValueError(f"{ckpt!r} holds no hyper_parameters: not a checkpoint written by `lift3d fit`")
+    stored = hparams.get("_class_path")  # what LightningCLI built; a plain Trainer's checkpoint does not say
+    if stored and not issubclass(_import_class(stored, f"--ckpt {ckpt}"), LRMModule):
+        raise ValueError(f"--ckpt {ckpt} is a {stored} checkpoint: lift3d evaluate reconstructs with LRM checkpoints "
+                         f"({LRMModule.__module__}.LRMModule)")
+    runtime: dict = {}
+    if model_config:
+        if not os.path.isfile(model_config):
+            raise FileNotFoundError(f"--model-config {model_config!r} does not exist: give the model YAML the "
+                                    "checkpoint was trained with (e.g. configs/model/lrm_small.yaml)")
+        block = load_model_block(model_config)  # a model YAML or an experiment YAML's model block
+        cls = _import_class(block.class_path, f"--model-config {model_config}")
+        expected = stored or f"{LRMModule.__module__}.LRMModule"
+        if not (isinstance(cls, type) and issubclass(cls, _import_class(expected, f"--ckpt {ckpt}"))):
+            raise ValueError(f"--model-config {model_config} configures {block.class_path}, but --ckpt {ckpt} holds "
+                             f"a {expected}: give the model or experiment YAML the checkpoint was trained with (e.g. "
+                             f"configs/model/lrm_small.yaml)")
+        runtime = LRMModule.runtime_settings(block.init_args)
+    return hparams, runtime
 
 
 def list_objects(shards) -> tuple[list[LazySample], list[dict]]:

@@ -10,8 +10,11 @@ configs/ is parsed by a test. On top of Lightning's CLI (:class:`Lift3dCLI`):
 * a run directory: with ``trainer.default_root_dir`` set, ModelCheckpoints without a ``dirpath`` write to
   ``<default_root_dir>/checkpoints`` and a WandbLogger without a ``save_dir`` logs there, so one setting (what
   ``slurm/train_*.sh`` passes) places a whole run;
-* ``--ckpt_path auto`` resumes from the newest pre-emption or ``last`` checkpoint of that directory, or starts
-  fresh when there is none (what the SLURM scripts pass, so a requeued job continues);
+* ``--ckpt_path auto`` resumes from the checkpoint of that directory that is furthest along, or starts fresh when
+  there is none (what the SLURM scripts pass, so a requeued job continues); checkpoints that all fail to read stop
+  it instead of being overwritten; ``last.ckpt`` is written at the step a fit ends on;
+* checkpoints load as tensors only (:mod:`lightning_modules.launch.checkpoints`): an explicit ``--ckpt_path`` is
+  checked before anything is built and Lightning loads with ``weights_only=True``;
 * a launch check before anything is built (:func:`lightning_modules.launch.cluster.check_launch`): the SLURM allocation
   against ``trainer.num_nodes`` × ``devices``, and the global batch against ``global_batch_size``;
   ``LIFT3D_PREFLIGHT=1`` runs only the check and prints the plan (the SLURM scripts do this once before ``srun``);
@@ -38,7 +41,7 @@ from typing import Optional  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
-from lightning_modules.launch import cluster, tracking  # noqa: E402
+from lightning_modules.launch import checkpoints, cluster, tracking  # noqa: E402
 
 MODEL_CHECKPOINTS = {"lightning.pytorch.callbacks.ModelCheckpoint",
                      "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint", "ModelCheckpoint"}
@@ -72,6 +75,35 @@ class Lift3dCLI(LightningCLI):
                                  "trainer.devices × num_nodes × accumulate_grad_batches")
 
     # ------------------------------------------------------------------------------------------ before building
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        self._check_checkpoint_reads()
+
+    # what Lightning resolves itself, and remote paths: read by Lightning, with weights_only=True (below)
+    LIGHTNING_CKPT_WORDS = ("auto", "last", "hpc", "registry")
+
+    def _check_checkpoint_reads(self) -> None:
+        """Checkpoints load as tensors only (issue 14): an explicit ``--ckpt_path`` is read that way here, before
+        Lightning parses its hyper-parameters (an error naming the file, exit 2, instead of an unpickling traceback),
+        and Lightning's own load gets ``weights_only=True``."""
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else None
+        if cfg is None:
+            return
+        if "weights_only" in cfg:
+            if cfg.weights_only is False:
+                print("lift3d: --weights_only=false: lift3d loads checkpoints as tensors only (a pickle can run code); "
+                      "drop the option", file=sys.stderr, flush=True)
+                sys.exit(2)
+            cfg.weights_only = True
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and str(ckpt) not in self.LIGHTNING_CKPT_WORDS and "://" not in str(ckpt):
+            try:
+                checkpoints.check_checkpoint(str(ckpt))
+            except checkpoints.CheckpointError as exc:
+                print(f"lift3d: --ckpt_path: {exc}", file=sys.stderr, flush=True)
+                sys.exit(2)
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         self._fill_run_dir(cfg.trainer)
@@ -128,7 +160,11 @@ class Lift3dCLI(LightningCLI):
         dirs = [cb.init_args.dirpath for cb in _as_list(trainer.callbacks)
                 if cb.get("class_path") in MODEL_CHECKPOINTS and cb.get("init_args") is not None
                 and cb.init_args.get("dirpath")]
-        found = cluster.find_resume_checkpoint(root, [str(d) for d in dirs])
+        try:
+            found = cluster.find_resume_checkpoint(root, [str(d) for d in dirs], report=_say)
+        except cluster.ResumeError as exc:
+            print(f"lift3d: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
         _say(f"--ckpt_path auto: resuming from {found}" if found else
              f"--ckpt_path auto: no checkpoint in {root} yet, starting fresh")
         return found
@@ -157,6 +193,8 @@ class Lift3dCLI(LightningCLI):
     # ------------------------------------------------------------------------------------------ fit
     def before_fit(self) -> None:
         callbacks = self.trainer.callbacks
+        if not any(isinstance(cb, checkpoints.LastCheckpointOnFitEnd) for cb in callbacks):
+            callbacks.append(checkpoints.LastCheckpointOnFitEnd())  # last.ckpt at the step the fit ends on
         if cluster.slurm_detected():
             from lightning_modules.callbacks import ProgressPrinter
 
@@ -184,10 +222,17 @@ class Lift3dCLI(LightningCLI):
     def before_predict(self) -> None:
         """The files come from a PredictionWriter (the model's ``predict_dir`` unless the config names one); the
         writer has them, so the Trainer does not also keep every batch's meshes in memory."""
-        from lightning_modules.prediction import PredictionWriter
+        from lightning_modules.prediction import PredictionWriter, check_output_dir
 
         if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionWriter())
+        for cb in self.trainer.callbacks:  # before any inference: a directory that cannot be written stops here
+            if isinstance(cb, PredictionWriter):
+                try:
+                    check_output_dir(cb.output_dir or self.model.predict_dir)
+                except OSError as exc:
+                    print(f"lift3d: {exc}", file=sys.stderr, flush=True)
+                    sys.exit(2)
         if self.config_init[self.subcommand].get("return_predictions") is None:
             self.config_init[self.subcommand]["return_predictions"] = False
 

@@ -10,8 +10,10 @@
   and, once the process has shut down cleanly, rank 0 runs ``scontrol requeue`` (:func:`requeue`, called by the
   ``lift3d`` CLI). Lightning's own SLURM handler saves inside the signal handler, which can meet the other ranks
   inside a gradient all-reduce; this one never does.
-* :func:`find_resume_checkpoint` — what ``--ckpt_path auto`` resumes: the newest pre-emption or ``last`` checkpoint
-  of the run directory (None: a fresh start).
+* :func:`find_resume_checkpoint` — what ``--ckpt_path auto`` resumes: the checkpoint of the run directory that is
+  furthest along, of any name the run writes (pre-emption, ``last``, ``epoch=…-step=…``, ZeRO directories), each read
+  as tensors only; None (a fresh start) only when the run has none: checkpoints that all fail to read stop the
+  launch with a :class:`ResumeError` listing them.
 """
 
 from __future__ import annotations
@@ -229,35 +231,77 @@ def requeue(env=None) -> bool:
 
 
 def checkpoint_step(path: str) -> int:
-    """``global_step`` recorded in a Lightning checkpoint file or DeepSpeed checkpoint directory (read lazily: the
-    tensors are memory-mapped, not loaded); -1 when it cannot be read."""
-    import torch
+    """``global_step`` recorded in a Lightning checkpoint file or DeepSpeed checkpoint directory, read as tensors and
+    plain data only (:func:`lightning_modules.launch.checkpoints.check_checkpoint`; tensors memory-mapped, not
+    loaded); -1 when it cannot be read that way."""
+    from lightning_modules.launch.checkpoints import CheckpointError, check_checkpoint
+    from lightning_modules.launch.checkpoints import checkpoint_step as step_of
 
-    target = path
-    if os.path.isdir(path):  # DeepSpeed: the client state is in rank 0's model states (ZeRO-2 and ZeRO-3 names)
-        from lightning_modules.launch.deepspeed import model_states_file
-
-        target = model_states_file(path)
-        if target is None:
-            return -1
     try:
-        ckpt = torch.load(target, map_location="cpu", mmap=True, weights_only=False)
-    except Exception:  # noqa: BLE001 - a truncated or foreign file: not a candidate
+        step = step_of(check_checkpoint(path))
+    except CheckpointError:
         return -1
-    return int(ckpt.get("global_step", -1)) if isinstance(ckpt, dict) else -1
+    return -1 if step is None else step
 
 
-def find_resume_checkpoint(run_dir: str, checkpoint_dirs: list[str]) -> Optional[str]:
-    """The checkpoint of the run directory that is furthest along: the highest ``global_step`` among the
-    pre-emption checkpoints (``<run_dir>/hpc_ckpt_<n>.ckpt``) and ``last*.ckpt`` in the ModelCheckpoint
-    directories; at equal steps a pre-emption checkpoint (the exact state at the stop) wins over ``last``, then the
-    newer file. None when there is none (unreadable files are skipped)."""
-    candidates = [(p, 1) for p in _hpc_checkpoints(run_dir)]
+class ResumeError(RuntimeError):
+    """``--ckpt_path auto`` found checkpoints of the run but none it can resume from (the message lists them)."""
+
+
+def resume_candidates(run_dir: str, checkpoint_dirs: list[str]) -> list[tuple[str, int]]:
+    """(path, kind) of every checkpoint the run writes: pre-emption checkpoints ``<run_dir>/hpc_ckpt_<n>.ckpt``
+    (kind 1) and every ``*.ckpt`` (file or ZeRO directory) in the ModelCheckpoint directories — ``last*.ckpt``,
+    ``epoch=…-step=….ckpt`` or the callback's own file names (kind 0)."""
+    candidates = {p: 1 for p in _hpc_checkpoints(run_dir)}
     for d in checkpoint_dirs:
-        candidates += [(p, 0) for p in glob.glob(os.path.join(d, "last*.ckpt"))]
-    scored = [(checkpoint_step(p), kind, os.path.getmtime(p), p) for p, kind in candidates if os.path.exists(p)]
-    scored = [s for s in scored if s[0] >= 0]
-    return max(scored)[3] if scored else None
+        for p in sorted(glob.glob(os.path.join(d, "*.ckpt"))):
+            candidates.setdefault(p, 0)
+    return [(p, kind) for p, kind in candidates.items() if os.path.exists(p)]
+
+
+def _resumable(path: str) -> tuple[int, bool, Optional[str]]:
+    """(global step, whether it holds the optimizer state, None) for a checkpoint a fit can continue from, else
+    (-1, False, why not)."""
+    from lightning_modules.launch.checkpoints import CheckpointError, check_checkpoint, zero_files
+    from lightning_modules.launch.checkpoints import checkpoint_step as step_of
+
+    try:
+        state = check_checkpoint(path)
+    except CheckpointError as exc:
+        return -1, False, exc.reason
+    step = step_of(state)
+    if step is None:
+        return -1, False, "has no global_step: not a Lightning training checkpoint"
+    if os.path.isdir(path):  # ZeRO: one optimizer shard per data-parallel rank, or the save was cut short
+        shards = sum(f.name.endswith("optim_states.pt") for f in zero_files(path))
+        ranks = state.get("dp_world_size")
+        if isinstance(ranks, int) and shards != ranks:
+            return -1, False, f"incomplete DeepSpeed checkpoint: {shards} of {ranks} optimizer shard(s)"
+        return step, True, None
+    return step, "optimizer_states" in state, None
+
+
+def find_resume_checkpoint(run_dir: str, checkpoint_dirs: list[str], report=None) -> Optional[str]:
+    """The checkpoint of the run directory that is furthest along (:func:`resume_candidates`, each read as tensors
+    only): the highest ``global_step``; at equal steps a pre-emption checkpoint (the exact state at the stop) wins
+    over the others, then the newer file. None when the run has no checkpoint (a fresh start). Candidates that cannot
+    be resumed from are skipped and named through ``report(message)``; when there are candidates and none can be
+    resumed from, :class:`ResumeError` lists them (starting fresh would overwrite them)."""
+    scored, skipped = [], []
+    for path, kind in resume_candidates(run_dir, checkpoint_dirs):
+        step, full, why = _resumable(path)
+        if why is None:  # at one step: pre-emption over the others, a full state over weights only, then the newer
+            scored.append((step, kind, full, os.path.getmtime(path), path))
+        else:
+            skipped.append(f"{path}: {why}")
+    if not scored and skipped:
+        raise ResumeError(f"--ckpt_path auto: the run directory {run_dir} has checkpoints but none can be resumed "
+                          f"from, and starting fresh would overwrite them:\n  - " + "\n  - ".join(skipped) +
+                          "\nmove them aside to start the run afresh, or pass --ckpt_path with a checkpoint to "
+                          "resume from")
+    if skipped and report is not None:
+        report("--ckpt_path auto: skipped " + "; ".join(skipped))
+    return max(scored)[-1] if scored else None
 
 
 def slurm_detected() -> bool:

@@ -99,6 +99,16 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
                          remote_device=remote_device, load_full_weights=load_full_weights,
                          exclude_frozen_parameters=exclude_frozen_parameters)
 
+    def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict[str, Any]:
+        """Lightning's load (DeepSpeed's engine reads the ZeRO files, with ``weights_only=False`` of its own), after
+        every file of the checkpoint was read as tensors and plain data (``checkpoints.check_checkpoint``: an error
+        naming the file otherwise) and with ``weights_only=True`` forced on DeepSpeed's reads."""
+        from lightning_modules.launch.checkpoints import check_checkpoint, weights_only_loads
+
+        check_checkpoint(checkpoint_path)
+        with weights_only_loads():
+            return super().load_checkpoint(checkpoint_path, weights_only=True)
+
 
 # --- checkpoints ------------------------------------------------------------------------------------------------
 def model_states_file(path: Union[str, os.PathLike]) -> Optional[Path]:
@@ -133,8 +143,12 @@ def _describe(path: Path) -> str:
 
 def convert_checkpoint(zero_dir: Union[str, os.PathLike], out_file: Union[str, os.PathLike]) -> Path:
     """Consolidates the ZeRO shards of ``zero_dir`` into one fp32 Lightning checkpoint ``out_file`` (Lightning's
-    ``convert_zero_checkpoint_to_fp32_state_dict``), checks it and returns its path."""
+    ``convert_zero_checkpoint_to_fp32_state_dict``), checks it and returns its path. Every file of ``zero_dir`` is
+    read as tensors and plain data only: a file holding anything else (pickled code) is refused, naming it
+    (``CheckpointError``, a ValueError)."""
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
+
+    from lightning_modules.launch.checkpoints import check_checkpoint, weights_only_loads
 
     zero_dir, out_file = Path(zero_dir), Path(out_file)
     if not is_zero_checkpoint(zero_dir):
@@ -143,8 +157,10 @@ def convert_checkpoint(zero_dir: Union[str, os.PathLike], out_file: Union[str, o
                          f"+ *_optim_states.pt (what Lightning's DeepSpeedStrategy saves), but {_describe(zero_dir)}")
     if out_file.resolve() == zero_dir.resolve() or out_file.is_dir():
         raise ValueError(f"output {out_file} is a directory: give a new file name, e.g. {zero_dir.name}-fp32.ckpt")
+    check_checkpoint(zero_dir)  # every shard as tensors and plain data, or a CheckpointError naming the file
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = convert_zero_checkpoint_to_fp32_state_dict(str(zero_dir), str(out_file))
+    with weights_only_loads():  # DeepSpeed's loader passes weights_only=False; the files are read tensors-only anyway
+        checkpoint = convert_zero_checkpoint_to_fp32_state_dict(str(zero_dir), str(out_file))
     state = checkpoint.get("state_dict") or {}
     bad = [k for k, v in state.items() if torch.is_floating_point(v) and v.dtype != torch.float32]
     if not state or bad:
