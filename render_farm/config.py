@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, cast
 
 import yaml
 
@@ -108,7 +110,8 @@ class RenderConfig(SceneSettings):
         try:
             make_rig(self.rig, "settings-check", self.resolution, self.seed, **self.rig_options)
         except (TypeError, ValueError) as exc:
-            takes = [p for p in inspect.signature(RIGS[self.rig]).parameters
+            rig_fn = cast(Callable[..., Any], RIGS[self.rig])
+            takes = [p for p in inspect.signature(rig_fn).parameters
                      if p not in ("object_id", "resolution", "seed")]
             return [f"{where('rig_options')} {self.rig_options} do not fit rig {self.rig!r} ({where('rig')}): {exc}; "
                     f"rig {self.rig} takes the options {takes} (rig_options: {{}} keeps its defaults)"]
@@ -126,8 +129,9 @@ class RenderConfig(SceneSettings):
         return asdict(self)
 
 
-_TYPES = {bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number"),
-          str: (str, "a string"), dict: (dict, "a mapping, e.g. {num_views: 16}")}
+_TYPES: dict[type, tuple[type | tuple[type, ...], str]] = {
+    bool: (bool, "true or false"), int: (int, "an integer"), float: ((int, float), "a number"), str: (str, "a string"),
+    dict: (dict, "a mapping, e.g. {num_views: 16}")}
 
 
 def _type_problem(f, value) -> str | None:

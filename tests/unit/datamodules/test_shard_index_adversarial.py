@@ -12,7 +12,7 @@ from datamodules.shard_datamodule import ShardDataModule
 from render_farm.shards import ShardIndexError, update_index
 from tests.unit.datamodules.conftest import write_shards
 
-SMALL = dict(batch_size=3, num_workers=0, shuffle_buffer=0, resampled=False, num_target_views=2, input_size=32,
+SMALL: dict = dict(batch_size=3, num_workers=0, shuffle_buffer=0, resampled=False, num_target_views=2, input_size=32,
              target_size=32)
 
 
