@@ -32,7 +32,7 @@ import os; os._exit(0)  # bpy 4.2 can crash in its own teardown at interpreter e
 
 
 def test_rgba_matches_blenders_own_png(tmp_path):
-    subprocess.run([sys.executable, "-c", SCRIPT.format(root=ROOT, tmp=str(tmp_path))], check=True,
+    subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(ROOT), tmp=str(tmp_path))], check=True,
                    capture_output=True, cwd=ROOT)
     ours, theirs = np.load(tmp_path / "pair.npy").astype(int)
     assert np.abs(ours[..., 3] - theirs[..., 3]).max() <= 1
