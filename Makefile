@@ -42,11 +42,11 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not slurm"
 
 bench: setup
-	$(PY) benchmarks/render_throughput.py
-	$(PY) benchmarks/loader_throughput.py
-	$(PY) benchmarks/lrm_throughput.py --config tiny --batch 2 --views 4 --crop 32
-	$(PY) benchmarks/lrm_inference.py --config tiny --resolution 128 --surface sphere
-	$(PY) benchmarks/one2345_reconstruction.py --config tiny --resolution 64
-	$(PY) benchmarks/zero123_throughput.py
+	$(PY) -m benchmarks.render_throughput
+	$(PY) -m benchmarks.loader_throughput
+	$(PY) -m benchmarks.lrm_throughput --config tiny --batch 2 --views 4 --crop 32
+	$(PY) -m benchmarks.lrm_inference --config tiny --resolution 128 --surface sphere
+	$(PY) -m benchmarks.one2345_reconstruction --config tiny --resolution 64
+	$(PY) -m benchmarks.zero123_throughput
 	@test -f data/demo/lrm/checkpoints/last.ckpt || $(MAKE) demo
-	$(PY) benchmarks/evaluate_throughput.py
+	$(PY) -m benchmarks.evaluate_throughput

@@ -1,6 +1,6 @@
 """The public Objaverse rendering scripts' approach, reproduced for comparison (run once per object).
 
-A fresh Blender process per object (``python _baseline_render.py ASSET OUTDIR ...``) that renders every view
+A fresh Blender process per object (``python -m benchmarks._baseline_render ASSET OUTDIR ...``) that renders every view
 three times — the RGBA image, then the depth pass, then the normal pass, each a full Cycles render with the
 same samples — and writes them as separate files. Same importer, normalisation, lighting and cameras as the
 farm, so the images are comparable pixel for pixel.
@@ -13,10 +13,8 @@ import sys
 
 import bpy
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from geometry.rigs import make_rig, object_rng  # noqa: E402
-from render_farm import blender_scene as bs  # noqa: E402
+from geometry.rigs import make_rig, object_rng
+from render_farm import blender_scene as bs
 
 
 def main(asset, out_dir, uid, resolution, samples, rig_name):

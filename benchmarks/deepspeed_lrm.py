@@ -1,6 +1,6 @@
 """LRM training through Lightning under DDP, DeepSpeed ZeRO-2 and ZeRO-3 + CPU offload: step time and peak GPU memory.
 
-    python benchmarks/deepspeed_lrm.py [--config small] [--batch 4] [--views 4] [--crop 64] [--steps 10] [--devices 1]
+    python -m benchmarks.deepspeed_lrm [--config small] [--batch 4] [--views 4] [--crop 64] [--steps 10] [--devices 1]
         [--grad-checkpointing] [--modes ddp zero2 zero3_offload]
 
 Each mode runs in a fresh process (DeepSpeed and CUDA memory statistics start clean): ``Trainer.fit`` of the config's
@@ -24,8 +24,8 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from configs import ROOT
+
 MODES = ("ddp", "zero2", "zero3_offload")
 
 
@@ -34,8 +34,8 @@ def run_mode(args) -> dict:
     import numpy as np
     from torch.utils.data import DataLoader
 
-    from benchmarks.lrm_throughput import build, synthetic_batch
     from lightning_modules.launch.deepspeed import DeepSpeedStrategy
+    from lightning_modules.synthetic import build_lrm, lrm_batch
 
     class StepTimer(L.Callback):
         def __init__(self):
@@ -53,8 +53,8 @@ def run_mode(args) -> dict:
                 self.times.append(time.perf_counter() - self.t)
 
     torch.manual_seed(0)
-    module = build(args.config, args.grad_checkpointing, True, torch.device("cpu"))
-    batch = synthetic_batch(module, args.batch, args.views, args.crop, torch.device("cpu"))
+    module = build_lrm(args.config, args.grad_checkpointing, True, torch.device("cpu"))
+    batch = lrm_batch(module, args.batch, args.views, args.crop, torch.device("cpu"))
     samples = [{k: v[i] for k, v in batch.items()} for i in range(args.batch)]
     steps = args.warmup + args.steps
     strategy = "ddp" if args.mode == "ddp" else DeepSpeedStrategy(f"configs/deepspeed/{args.mode}.json")
@@ -98,7 +98,7 @@ def main(argv=None) -> None:
     base = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in args.modes and a != "--modes"]
     results = {}
     for mode in modes:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), *base, "--mode", mode], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.deepspeed_lrm", *base, "--mode", mode], cwd=ROOT,
                               capture_output=True, text=True, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
@@ -107,7 +107,7 @@ def main(argv=None) -> None:
             results[mode] = json.loads(lines[-1][len("RESULT "):])
     ddp = results["ddp"]
     print(f"# {datetime.date.today()} {torch.cuda.get_device_name()} × {args.devices}, torch {torch.__version__}; "
-          f"python benchmarks/deepspeed_lrm.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+          f"python -m benchmarks.deepspeed_lrm {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"lrm_{args.config} ({ddp.get('params_M', 0):.0f} M), {args.batch} × {args.views} × {args.crop}² per GPU, "
           f"bf16-mixed, grad checkpointing {'on' if args.grad_checkpointing else 'off'}")
     print("| strategy | step s | vs DDP | peak memory GiB | vs DDP |")

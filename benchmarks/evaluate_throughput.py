@@ -1,6 +1,6 @@
 """`lift3d evaluate` throughput (objects/min) and the metrics of a checkpoint on generated held-out objects.
 
-    python benchmarks/evaluate_throughput.py [--ckpt data/demo/lrm/checkpoints/last.ckpt] [--resolution 64]
+    python -m benchmarks.evaluate_throughput [--ckpt data/demo/lrm/checkpoints/last.ckpt] [--resolution 64]
 
 The held-out set: every valid generated asset of ``render_farm.synthetic`` (textured box, vertex-coloured sphere,
 multi-material box + cylinder, non-manifold, and the OBJ/PLY/STL/GLB copies of a simple mesh) rendered by Blender
@@ -21,17 +21,14 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from lightning_modules.evaluation.cli import main as evaluate  # noqa: E402
-from lightning_modules.evaluation.reconstruction import LRMReconstructor, held_out_batch, list_objects  # noqa: E402
-from render_farm import synthetic  # noqa: E402
+from configs import MODEL_DIR, RENDER_DIR, ROOT
+from lightning_modules.evaluation.cli import main as evaluate
+from lightning_modules.evaluation.reconstruction import LRMReconstructor, held_out_batch, list_objects
+from render_farm import synthetic
 
 
 def render_held_out(shards: str, assets: str, resolution: int, samples: int, workers: int) -> None:
@@ -40,7 +37,7 @@ def render_held_out(shards: str, assets: str, resolution: int, samples: int, wor
     from render_farm.sources import LocalDirSource
 
     synthetic.all_assets(assets, include_broken=False)
-    cfg = load_render_config(os.path.join(ROOT, "configs", "render", "tiny.yaml"), resolution=resolution, samples=samples,
+    cfg = load_render_config(os.path.join(RENDER_DIR, "tiny.yaml"), resolution=resolution, samples=samples,
                              rig="eval24", rig_options={})
     summary = render_task(LocalDirSource(assets), shards, cfg, num_workers=workers, progress=True)
     print(f"[bench] held-out set: {summary.line()}", flush=True)
@@ -49,8 +46,7 @@ def render_held_out(shards: str, assets: str, resolution: int, samples: int, wor
 def model_only(ckpt: str, shards: str) -> float:
     """Seconds the model takes on every object: reconstruct from the input view, render the others, extract the
     mesh (the views prepared by the evaluation's own code, outside the timing)."""
-    model = LRMReconstructor(ckpt, torch.device("cpu"), model_config=os.path.join(ROOT, "configs", "model",
-                                                                                 "lrm_tiny.yaml"))
+    model = LRMReconstructor(ckpt, torch.device("cpu"), model_config=os.path.join(MODEL_DIR, "lrm_tiny.yaml"))
     seconds = 0.0
     for sample in list_objects(shards)[0]:
         batch, _, _, _ = held_out_batch(sample, "auto", model.input_size, 0, "white", model.device)
@@ -81,7 +77,7 @@ def main(argv=None) -> dict:
     if not os.path.isfile(os.path.join(args.shards, "index.json")):
         render_held_out(args.shards, args.assets, args.resolution, args.samples, args.num_workers)
     summary = evaluate(["--ckpt", args.ckpt, "--shards", args.shards, "--out", args.out, "--gt-meshes", args.assets,
-                        "--model-config", os.path.join(ROOT, "configs", "model", "lrm_tiny.yaml"),
+                        "--model-config", os.path.join(MODEL_DIR, "lrm_tiny.yaml"),
                         "--accelerator", "cpu", "--wandb-mode", "disabled"])
     model_s = model_only(args.ckpt, args.shards)
     model_rate = 60.0 * summary["objects"] / model_s

@@ -1,6 +1,6 @@
 """Shard loader throughput per worker against the raw PNG-decode rate of the same bytes, measured in the same run.
 
-    python benchmarks/loader_throughput.py [--shards 'data/shards/objaverse/*.tar'] [--objects 16] [--views 32]
+    python -m benchmarks.loader_throughput [--shards 'data/shards/objaverse/*.tar'] [--objects 16] [--views 32]
                                            [--resolution 512] [--targets 4] [--passes 3]
 
 Loader: ``datamodules.shard_datamodule.ShardDataset`` through a DataLoader in this process, batches of 8 (what one
@@ -29,15 +29,12 @@ import time
 import cv2
 import numpy as np
 import webdataset as wds
+from torch.utils.data import DataLoader
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from datamodules.shard_datamodule import ShardDataset, resolve_shards, tune_worker_malloc  # noqa: E402
-from datamodules.views import ViewSampler, collate, finalize  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from geometry.rigs import lrm32  # noqa: E402
-from render_farm.shards import ShardWriter, encode_sample  # noqa: E402
+from datamodules.shard_datamodule import ShardDataset, resolve_shards, tune_worker_malloc
+from datamodules.views import ViewSampler, collate, finalize
+from geometry.rigs import lrm32
+from render_farm.shards import ShardWriter, encode_sample
 
 DEPTH_SCALE = 1000.0
 
@@ -156,7 +153,7 @@ def main(argv=None) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
     uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip() or platform.platform()
-    cmd = "python benchmarks/loader_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m benchmarks.loader_throughput " + " ".join(argv if argv is not None else sys.argv[1:])
     pngs = 1 + 2 * args.targets
     print(f"""
 ### Shard loader throughput (per worker) — {datetime.date.today().isoformat()}

@@ -1,7 +1,7 @@
 """LRM image → mesh latency, split by stage: encode, decode (transformer → planes), grid query, marching cubes,
 vertex colours.
 
-    python benchmarks/lrm_inference.py --config paper --resolution 256 [--precision bf16] [--repeats 3]
+    python -m benchmarks.lrm_inference --config paper --resolution 256 [--precision bf16] [--repeats 3]
 
 Random weights (no checkpoint can be downloaded here): the density grid of a random model is no object, so the
 marching-cubes level is set to the grid's 90th percentile (a surface enclosing 10% of the volume, typically more
@@ -16,23 +16,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import os
 import sys
 
 import numpy as np
 import torch
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks import timed as bench_timed  # noqa: E402
-
-from geometry.cameras import intrinsics_from_fov  # noqa: E402
-from geometry.mesh import marching_cubes, query_grid  # noqa: E402
-from geometry.rays import canonical_c2w  # noqa: E402
-from lightning_modules.networks.lrm.model import LRM  # noqa: E402
-from lightning_modules.networks.lrm.transformer import camera_features  # noqa: E402
+from benchmarks import timed as bench_timed
+from configs import MODEL_DIR, load_model_block
+from geometry.cameras import intrinsics_from_fov
+from geometry.mesh import marching_cubes, query_grid
+from geometry.rays import canonical_c2w
+from lightning_modules.networks.lrm.model import LRM
+from lightning_modules.networks.lrm.transformer import camera_features
 
 
 def main(argv=None) -> dict:
@@ -49,7 +44,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "model", f"lrm_{args.config}.yaml")))["init_args"]
+    cfg = load_model_block(MODEL_DIR / f"lrm_{args.config}.yaml").init_args
     net = LRM(dict(cfg["encoder"], pretrained=False, checkpoint_path=None), cfg["transformer"], cfg["field"],
               cfg["renderer"], cfg["camera_dim"]).to(device).eval()
     size = net.encoder.img_size
@@ -87,9 +82,10 @@ def main(argv=None) -> dict:
     med = {k: float(np.median(v)) for k, v in stages.items()}
     total = sum(med.values())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"# {datetime.date.today()} {name}, torch {torch.__version__}; python benchmarks/lrm_inference.py "
+    print(f"# {datetime.date.today()} {name}, torch {torch.__version__}; python -m benchmarks.lrm_inference "
           f"{' '.join(argv if argv is not None else sys.argv[1:])}")
-    print("| config | grid | surface | precision | " + " | ".join(stages) + " | **total** | faces | target | total / target |")
+    print("| config | grid | surface | precision | " + " | ".join(stages)
+          + " | **total** | faces | target | total / target |")
     print(f"| {args.config} | {args.resolution}³ | {args.surface} | {args.precision} | "
           + " | ".join(f"{v * 1e3:.0f} ms" for v in med.values())
           + f" | **{total:.3f} s** | {faces} | {args.target_s:.1f} s | {total / args.target_s:.2f} |", flush=True)

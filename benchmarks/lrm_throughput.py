@@ -1,16 +1,17 @@
 """LRM training-step throughput, peak memory, FLOPs per sample and MFU against a matmul rate measured in the same run.
 
-    python benchmarks/lrm_throughput.py --config tiny [--batch 2] [--views 4] [--crop 32] [--steps 5]
-    python benchmarks/lrm_throughput.py --config paper --batch 8 --views 4 --crop 128 --precision bf16 \
+    python -m benchmarks.lrm_throughput --config tiny [--batch 2] [--views 4] [--crop 32] [--steps 5]
+    python -m benchmarks.lrm_throughput --config paper --batch 8 --views 4 --crop 128 --precision bf16 \
         [--grad-checkpointing] [--deferred-backprop]
 
 One step = what ``LRMModule.training_step`` + the optimiser do (canonical cameras, encoder, transformer, rendering of
 ``--views`` ``--crop``² views with the config's samples per ray, MSE + LPIPS, backward, gradient clipping, fused AdamW),
-on a synthetic batch (random images, cameras of the ``lrm32`` rig). FLOPs are counted once with
-``torch.utils.flop_counter.FlopCounterMode`` over a forward + backward of one sample (× batch) (matmuls, convolutions and attention: the
-"model FLOPs" of MFU; the optimiser and elementwise work are not counted). Limit: a dense square matmul of the same
-dtype on the same device (``--matmul-size``), timed in the same run; MFU = counted FLOPs/s ÷ that rate (and ÷ the
-device's datasheet peak when ``--peak-tflops`` is given). Prints a table row for BENCHMARKS.md.
+on a synthetic batch (``lightning_modules.synthetic``: random images, cameras of the ``lrm32`` rig). FLOPs are counted
+once with ``torch.utils.flop_counter.FlopCounterMode`` over a forward + backward of one sample (× batch) (matmuls,
+convolutions and attention: the "model FLOPs" of MFU; the optimiser and elementwise work are not counted). Limit: a
+dense square matmul of the same dtype on the same device (``--matmul-size``, ``benchmarks.matmul_rate``), timed in the
+same run; MFU = counted FLOPs/s ÷ that rate (and ÷ the device's datasheet peak when ``--peak-tflops`` is given).
+Prints a table row for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import os
 import platform
 import resource
 import sys
@@ -26,64 +26,12 @@ import time
 
 import numpy as np
 import torch
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from geometry.rigs import lrm32  # noqa: E402
-from lightning_modules.lrm import LRMModule  # noqa: E402
+from benchmarks import matmul_rate, sync
+from lightning_modules.lrm import LRMModule
+from lightning_modules.synthetic import build_lrm, lrm_batch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 10) -> float:
-    """FLOP/s of an n×n×n matmul (mean of ``repeats`` after 3 warm-ups)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    sync(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t)
-
-
-def build(config: str, grad_ckpt: bool, deferred: bool, device: torch.device, sampler=None) -> LRMModule:
-    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "model", f"lrm_{config}.yaml")))["init_args"]
-    cfg["encoder"] = dict(cfg["encoder"], pretrained=False, checkpoint_path=None, grad_checkpointing=grad_ckpt)
-    cfg["transformer"] = dict(cfg["transformer"], grad_checkpointing=grad_ckpt)
-    cfg["renderer"] = dict(cfg["renderer"], deferred_backprop=deferred)
-    if sampler:
-        cfg["field"] = dict(cfg["field"], sampler=sampler)
-    cfg.update(lpips_weights=None, lpips_pretrained=False)  # random VGG: same FLOPs as the real one
-    return LRMModule(**cfg).to(device)
-
-
-def synthetic_batch(module: LRMModule, batch: int, views: int, crop: int, device: torch.device) -> dict:
-    size = module.net.encoder.img_size
-    c2w, K = [], []
-    for b in range(batch):
-        rig = lrm32(f"bench-{b}", resolution=size, num_views=views + 1)
-        c2w.append(rig.c2w)
-        k = rig.K.copy()
-        k[1:, :2, 2] -= (size - crop) / 2  # a centred crop of the supervision views
-        K.append(k)
-    c2w = torch.tensor(np.stack(c2w), dtype=torch.float32, device=device)
-    K = torch.tensor(np.stack(K), dtype=torch.float32, device=device)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    return {"input_image": torch.rand(batch, 3, size, size, generator=g).to(device),
-            "input_c2w": c2w[:, 0], "input_K": K[:, 0], "target_c2w": c2w[:, 1:], "target_K": K[:, 1:],
-            "target_images": torch.rand(batch, views, 3, crop, crop, generator=g).to(device),
-            "target_masks": torch.ones(batch, views, 1, crop, crop, device=device),
-            "target_depths": torch.zeros(batch, views, 1, crop, crop, device=device),
-            "background": torch.ones(batch, 3, device=device)}
 
 
 def step_fn(module: LRMModule, opt, batch: dict, dtype: torch.dtype, device: torch.device):
@@ -132,13 +80,13 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     n = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-    limit = matmul_rate(device, dtype, n)
+    limit = matmul_rate(device, dtype, n, repeats=10)
 
-    module = build(args.config, args.grad_checkpointing, args.deferred_backprop, device, args.sampler).train()
+    module = build_lrm(args.config, args.grad_checkpointing, args.deferred_backprop, device, args.sampler).train()
     params = sum(p.numel() for p in module.net.parameters())
     opt = torch.optim.AdamW(module.net.parameters(), lr=1e-4, betas=(0.9, 0.95),
                             fused=device.type == "cuda" or None)
-    batch = synthetic_batch(module, args.batch, args.views, args.crop, device)
+    batch = lrm_batch(module, args.batch, args.views, args.crop, device)
     step = step_fn(module, opt, batch, dtype, device)
     times = []
     try:
@@ -185,7 +133,7 @@ def main(argv=None) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
     }
     print(f"# {datetime.date.today()} {result['device']}, torch {torch.__version__}; "
-          f"python benchmarks/lrm_throughput.py {' '.join(argv if argv is not None else sys.argv[1:])}")
+          f"python -m benchmarks.lrm_throughput {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"sampler: {module.net.field.sampler}")
     print("| config | batch × views × crop² | precision | ckpt | deferred BP | step s | samples/s | GFLOP/sample "
           "| achieved TFLOP/s | matmul TFLOP/s | **MFU** (vs matmul) | peak memory GiB |")

@@ -1,7 +1,7 @@
 """One-2-3-45 reconstruction latency: 32 posed views → mesh, split by stage, with peak memory.
 
-    python benchmarks/one2345_reconstruction.py --config tiny  [--views 32] [--resolution 64]   # CPU
-    python benchmarks/one2345_reconstruction.py --config paper --resolution 256 --device cuda   # the paper setting
+    python -m benchmarks.one2345_reconstruction --config tiny  [--views 32] [--resolution 64]   # CPU
+    python -m benchmarks.one2345_reconstruction --config paper --resolution 256 --device cuda   # the paper setting
 
 Stages: FPN features, cost volume (project + mean/var over the views), sparse 3-D CNN (spconv) + densify, SDF grid
 query (marching-cubes grid, ``--resolution``³), marching cubes (scikit-image, CPU), vertex colours (the blending
@@ -20,39 +20,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import resource
 import sys
-import time
 
 import numpy as np
 import torch
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks import timed as bench_timed  # noqa: E402
-
-from geometry.mesh import marching_cubes, query_grid  # noqa: E402
-from geometry.rigs import one2345 as one2345_rig  # noqa: E402
-from lightning_modules.networks.one2345.model import One2345, Scene  # noqa: E402
-from lightning_modules.networks.one2345.sparse_cnn import to_dense  # noqa: E402
-
-
-def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Dense fp32 matmul FLOP/s of the device (median of ``repeats``)."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    times = []
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / float(np.median(times[1:]))
+from benchmarks import matmul_rate
+from benchmarks import timed as bench_timed
+from configs import MODEL_DIR, load_model_block
+from geometry.mesh import marching_cubes, query_grid
+from geometry.rigs import one2345 as one2345_rig
+from lightning_modules.networks.one2345.model import One2345, Scene
+from lightning_modules.networks.one2345.sparse_cnn import to_dense
 
 
 def sdf_flops_per_point(net: One2345) -> int:
@@ -72,7 +52,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)
-    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "model", f"one2345_{args.config}.yaml")))["init_args"]
+    cfg = load_model_block(MODEL_DIR / f"one2345_{args.config}.yaml").init_args
     size = args.size or (64 if args.config == "tiny" else 256)
     resolution = args.resolution or cfg.get("mesh_resolution", 256)
     torch.manual_seed(0)
@@ -120,7 +100,7 @@ def main(argv=None) -> dict:
         name = "cpu, 1 thread"
     rate = matmul_rate(device)
     grid_rate = sdf_flops_per_point(net) * resolution ** 3 / med["SDF grid"]
-    print(f"# {datetime.date.today()} {name}, torch {torch.__version__}; python benchmarks/one2345_reconstruction.py "
+    print(f"# {datetime.date.today()} {name}, torch {torch.__version__}; python -m benchmarks.one2345_reconstruction "
           f"{' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"views {args.views} at {size}², cost volume {net.cost_volume.resolution}³ ({active} active voxels), "
           f"mesh grid {resolution}³, {faces} faces; peak memory {peak}")

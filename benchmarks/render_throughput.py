@@ -1,6 +1,6 @@
 """Render throughput of the farm against the public Objaverse scripts' approach, measured in the same run.
 
-    python benchmarks/render_throughput.py [--resolutions 256 512] [--objects 2] [--samples 32]
+    python -m benchmarks.render_throughput [--resolutions 256 512] [--objects 2] [--samples 32]
 
 Ours: ``lift3d-render`` with one persistent Blender worker (BVH kept between views, all passes from one
 render). Baseline: ``benchmarks/_baseline_render.py`` — a fresh Blender process per object, every view rendered
@@ -24,10 +24,8 @@ import cv2
 import numpy as np
 import webdataset as wds
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from render_farm.synthetic import textured_box, vertex_coloured_sphere  # noqa: E402
+from configs import ROOT
+from render_farm.synthetic import textured_box, vertex_coloured_sphere
 
 
 def on_white(rgba):
@@ -52,7 +50,7 @@ def run_ours(asset_dir, out, resolution, samples):
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     seconds = time.perf_counter() - t
-    rows = [json.loads(l) for l in open(os.path.join(out, "_state", "task-00000.done.jsonl"))]
+    rows = [json.loads(line) for line in open(os.path.join(out, "_state", "task-00000.done.jsonl"))]
     samples_ = {s["__key__"]: s for s in wds.WebDataset(sorted(glob.glob(out + "/*.tar")), shardshuffle=False)}
     return seconds, sum(r["views"] for r in rows), max(r["worker_maxrss_mb"] for r in rows), samples_
 
@@ -62,8 +60,8 @@ def run_baseline(assets, out, resolution, samples):
     views, rss = 0, 0.0
     for uid, path in assets:
         d = os.path.join(out, uid)
-        subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "_baseline_render.py"), path, d, uid,
-                        str(resolution), str(samples), "lrm32"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "benchmarks._baseline_render", path, d, uid, str(resolution),
+                        str(samples), "lrm32"], cwd=ROOT, check=True, capture_output=True)
         stats = json.load(open(os.path.join(d, "stats.json")))
         views, rss = views + stats["views"], max(rss, stats["maxrss_mb"])
     return time.perf_counter() - t, views, rss
@@ -78,7 +76,8 @@ def reference(asset, uid, resolution, samples, views, out):
         "rig = make_rig('lrm32', %r, %d)\n"
         "for k in ('c2w','K','hw','fov_deg'): setattr(rig, k, getattr(rig, k)[:%d])\n"
         "rig.roles = rig.roles[:%d]\n"
-        "o = render_object(%r, rig, RenderSettings(samples=%d, resolution=%d), 10000.0, rng=object_rng('lighting', %r, 0))\n"
+        "o = render_object(%r, rig, RenderSettings(samples=%d, resolution=%d), 10000.0,\n"
+        "                  rng=object_rng('lighting', %r, 0))\n"
         "np.save(%r, np.stack([v['rgba'] for v in o['views']]))\n"
         "import os; os._exit(0)\n"
     ) % (ROOT, uid, resolution, views, views, asset, samples, resolution, uid, out)], check=True, capture_output=True)
@@ -100,7 +99,7 @@ def main():
     assets = [(a.uid, a.path) for a in (makers[i % 2](asset_dir, name=f"obj{i}") for i in range(args.objects))]
     print(f"# render throughput — {time.strftime('%Y-%m-%d')} — {platform.node()} {platform.machine()}, "
           f"{os.cpu_count()} CPUs, {platform.python_version()}")
-    print(f"command: python benchmarks/render_throughput.py --resolutions {' '.join(map(str, args.resolutions))} "
+    print(f"command: python -m benchmarks.render_throughput --resolutions {' '.join(map(str, args.resolutions))} "
           f"--objects {args.objects} --samples {args.samples}")
     for res in args.resolutions:
         ours_s, ours_views, ours_rss, shards = run_ours(asset_dir, os.path.join(work, f"ours{res}"), res, args.samples)

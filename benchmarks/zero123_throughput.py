@@ -1,6 +1,6 @@
 """Zero123 prediction throughput: predicted images/s of the pass's pipeline call, batched, against the UNet bound.
 
-    python benchmarks/zero123_throughput.py [--weights /models/zero123-xl --device cuda --dtype float16]
+    python -m benchmarks.zero123_throughput [--weights /models/zero123-xl --device cuda --dtype float16]
                                             [--images 32 --batch-size 32 --steps 50 --guidance-scale 3.0]
 
 Without ``--weights`` it builds the tiny random checkpoint the tests use (64² images) in a temporary directory and
@@ -25,13 +25,9 @@ import tempfile
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from benchmarks import timed as bench_timed  # noqa: E402
-
-from lightning_modules.networks.zero123 import Zero123Pipeline  # noqa: E402
-from render_farm.zero123 import view_seed  # noqa: E402
+from benchmarks import timed as bench_timed
+from lightning_modules.networks.zero123 import Zero123Pipeline
+from render_farm.zero123 import view_seed
 
 
 def main(argv=None) -> dict:
@@ -88,10 +84,10 @@ def main(argv=None) -> dict:
     pipe_s = float(np.median([timed(call) for _ in range(args.repeats)]))
     rate, bound = args.images / pipe_s, args.images / unet_s
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"# {datetime.date.today()} {name}, torch {torch.__version__}; python benchmarks/zero123_throughput.py "
+    print(f"# {datetime.date.today()} {name}, torch {torch.__version__}; python -m benchmarks.zero123_throughput "
           f"{' '.join(argv if argv is not None else sys.argv[1:])}")
-    print("| weights | image | dtype | images | batch | steps | guidance | pipeline | **images/s** | UNet-bound images/s "
-          "| ratio |")
+    print("| weights | image | dtype | images | batch | steps | guidance | pipeline | **images/s** "
+          "| UNet-bound images/s | ratio |")
     print(f"| {os.path.basename(os.path.normpath(weights))} | {size}² | {args.dtype} | {args.images} | "
           f"{args.batch_size} | {args.steps} | {args.guidance_scale:g} | {pipe_s:.2f} s | **{rate:.2f}** | "
           f"{bound:.2f} | {rate / bound:.2f} |", flush=True)

@@ -3,16 +3,11 @@ fit of lrm_small for a few steps on synthetic batches, its checkpoint directory 
 ``lift3d convert-checkpoint`` and loaded into a plain ``LRMModule`` whose weights equal the engine's fp32 weights,
 and a forward of that module."""
 
-import os
-import sys
 
 import pytest
 import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
 
 
 @pytest.mark.parametrize("name", ["zero2", "zero3_offload"])
@@ -21,9 +16,9 @@ def test_deepspeed_fit_of_lrm_small_converts_to_a_plain_module(name, tmp_path):
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from benchmarks.lrm_throughput import build, synthetic_batch
     from lightning_modules.launch.deepspeed import DeepSpeedStrategy, convert_main, is_zero_checkpoint
     from lightning_modules.lrm import LRMModule
+    from lightning_modules.synthetic import build_lrm, lrm_batch
 
     class SaveAtTrainEnd(L.Callback):
         """The engine's fp32 weights (gathered from the ZeRO partitions) and a checkpoint, before teardown."""
@@ -34,8 +29,9 @@ def test_deepspeed_fit_of_lrm_small_converts_to_a_plain_module(name, tmp_path):
             trainer.save_checkpoint(str(tmp_path / "last.ckpt"))
 
     torch.manual_seed(0)
-    module = build("small", grad_ckpt=True, deferred=True, device=torch.device("cpu"))  # the model's own checkpointing
-    batch = synthetic_batch(module, 2, 3, 32, torch.device("cpu"))
+    # activation checkpointing is the model's own
+    module = build_lrm("small", grad_ckpt=True, deferred=True, device=torch.device("cpu"))
+    batch = lrm_batch(module, 2, 3, 32, torch.device("cpu"))
     samples = [{k: v[i] for k, v in batch.items()} for i in range(2)] * 4
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     save = SaveAtTrainEnd()

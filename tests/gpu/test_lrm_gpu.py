@@ -1,26 +1,20 @@
 """GPU checks of the LRM (skipped without CUDA): bf16-mixed Lightning training steps, fused attention, the paper
 config's forward at 512²."""
 
-import os
-import sys
-
 import pytest
 import torch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, ROOT)
 
 
 def test_bf16_mixed_training_steps_through_lightning(tmp_path):
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from benchmarks.lrm_throughput import build, synthetic_batch
+    from lightning_modules.synthetic import build_lrm, lrm_batch
 
-    module = build("tiny", grad_ckpt=True, deferred=True, device=torch.device("cpu"))
-    batch = synthetic_batch(module, 2, 3, 32, torch.device("cpu"))
+    module = build_lrm("tiny", grad_ckpt=True, deferred=True, device=torch.device("cpu"))
+    batch = lrm_batch(module, 2, 3, 32, torch.device("cpu"))
     samples = [{k: v[i] for k, v in batch.items()} for i in range(2)] * 4
     before = {k: v.clone() for k, v in module.net.state_dict().items()}
     trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=4, logger=False,
@@ -70,13 +64,12 @@ def test_transformer_attention_runs_fused_kernels_in_bf16():
 
 
 def test_paper_config_forward_bf16():
-    import yaml
-
+    from configs import MODEL_DIR, load_model_block
     from geometry.cameras import intrinsics_from_fov
     from geometry.rays import canonical_c2w
     from lightning_modules.networks.lrm.model import LRM
 
-    cfg = yaml.safe_load(open(os.path.join(ROOT, "configs", "model", "lrm_paper.yaml")))["init_args"]
+    cfg = load_model_block(MODEL_DIR / "lrm_paper.yaml").init_args
     net = LRM(dict(cfg["encoder"], pretrained=False), cfg["transformer"], cfg["field"], cfg["renderer"],
               cfg["camera_dim"]).cuda().eval()
     K = torch.tensor(intrinsics_from_fov(50.0, 512, 512), dtype=torch.float32, device="cuda")[None]

@@ -156,11 +156,11 @@ def test_lightning_fills_the_config_from_the_trainer(name):
 def test_bf16_parameters_are_not_what_the_lrm_takes():
     """Why the JSONs use torch_autocast, not DeepSpeed's "bf16" section: that section casts the module's parameters
     to bf16 (DeepSpeedEngine calls ``module.bfloat16()``), and the LRM's camera path feeds fp32 into them."""
-    from benchmarks.lrm_throughput import synthetic_batch
     from lightning_modules.lrm import LRMModule
+    from lightning_modules.synthetic import lrm_batch
 
     module = LRMModule(**tiny_lrm_args(), lpips_weight=0.0)
-    batch = {k: v.bfloat16() for k, v in synthetic_batch(module, 1, 1, 8, torch.device("cpu")).items()}
+    batch = {k: v.bfloat16() for k, v in lrm_batch(module, 1, 1, 8, torch.device("cpu")).items()}
     with pytest.raises(RuntimeError, match="same dtype"):
         module.bfloat16().reconstruct(batch)
 
@@ -186,8 +186,8 @@ def _zero_rank(rank: int, world: int, port: int, workdir: str, name: str) -> Non
     import deepspeed.ops
     from torch.utils.data import DataLoader
 
-    from benchmarks.lrm_throughput import synthetic_batch
     from lightning_modules.launch.cli import Lift3dCLI
+    from lightning_modules.synthetic import lrm_batch
 
     # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel on its first init (~40 s); without it
     # DeepSpeed does the same collectives through gloo, as it does on platforms without the kernel
@@ -214,7 +214,7 @@ def _zero_rank(rank: int, world: int, port: int, workdir: str, name: str) -> Non
     strategy._init_deepspeed_distributed()  # deepspeed.init_distributed over gloo (CPU root device)
     assert torch.distributed.get_world_size() == world and torch.distributed.get_backend() == "gloo"
 
-    batch = synthetic_batch(module, 2, 2, 16, torch.device("cpu"))
+    batch = lrm_batch(module, 2, 2, 16, torch.device("cpu"))
     batch["input_image"] = batch["input_image"] + 0.1 * rank  # the ranks' data differ: gradients are averaged
     samples = [{k: v[i] for k, v in batch.items()} for i in range(2)]
     strategy.connect(module)
@@ -313,8 +313,8 @@ def test_convert_checkpoint_gives_the_engines_fp32_weights(zero_checkpoint, tmp_
         torch.testing.assert_close(p.detach(), expected["params"][key], rtol=0, atol=0)
     assert any(not torch.equal(p, expected["initial"][k]) for k, p in expected["params"].items())  # it trained
     with torch.no_grad():
-        from benchmarks.lrm_throughput import synthetic_batch
-        planes, _, _ = model.eval().reconstruct(synthetic_batch(model, 1, 1, 8, torch.device("cpu")))
+        from lightning_modules.synthetic import lrm_batch
+        planes, _, _ = model.eval().reconstruct(lrm_batch(model, 1, 1, 8, torch.device("cpu")))
     assert torch.isfinite(planes).all()
 
 
