@@ -80,7 +80,8 @@ def reference(asset, uid, resolution, samples, views, out):
         "                  rng=object_rng('lighting', %r, 0))\n"
         "np.save(%r, np.stack([v['rgba'] for v in o['views']]))\n"
         "import os; os._exit(0)\n"
-    ) % (ROOT, uid, resolution, views, views, asset, samples, resolution, uid, out)], check=True, capture_output=True)
+    ) % (str(ROOT), uid, resolution, views, views, asset, samples, resolution, uid, out)], check=True,
+        capture_output=True)
     return np.load(out)
 
 

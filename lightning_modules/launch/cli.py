@@ -38,6 +38,7 @@ if os.environ.get("SLURM_JOB_ID"):  # before the heavy imports: a pre-emption si
 
 from typing import Optional  # noqa: E402
 
+import torch  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
@@ -103,6 +104,29 @@ class Lift3dCLI(LightningCLI):
             except checkpoints.CheckpointError as exc:
                 print(f"lift3d: --ckpt_path: {exc}", file=sys.stderr, flush=True)
                 sys.exit(2)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's re-application of a checkpoint's hyper-parameters over the config (``--ckpt_path``), for
+        checkpoints written outside LightningCLI too (a Trainer over a module built in code): their hparams carry no
+        ``_class_path``, and Lightning hands them to jsonargparse as a bare dict, which it reads as arguments of the
+        base class (LightningModule) and refuses once a model block is nested. They get the configured model's class
+        path, as the hparams of LightningCLI's own checkpoints carry it."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt_path or not os.path.isfile(ckpt_path):
+            return
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        model = self.config[sub].get("model")
+        if not hparams or ("_class_path" not in hparams and not (model and model.get("class_path"))):
+            return
+        class_path = hparams.pop("_class_path", None) or model.class_path
+        try:
+            self.config = self.parser.parse_object(
+                {sub: {"model": {"class_path": class_path, "dict_kwargs": hparams}}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
