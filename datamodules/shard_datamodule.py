@@ -315,8 +315,11 @@ class ShardDataModule(L.LightningDataModule):
         if trainer is None or trainer.state.fn != "fit":
             return None
         loop = trainer.fit_loop
-        # a checkpoint written in on_train_batch_end counts its batch as processed, not yet completed
-        done = loop.epoch_loop.batch_progress.current.processed
+        # a checkpoint written in on_train_batch_end counts its batch as processed, not yet completed; one written
+        # after its epoch completed (at the end of a fit: last.ckpt) has no epoch in progress, and trainer.current_epoch
+        # already counts the finished one (the batch count left over from it is stale)
+        epoch = loop.epoch_progress.current
+        done = loop.epoch_loop.batch_progress.current.processed if epoch.started > epoch.completed else 0
         return int(trainer.current_epoch), int(done), bool(loop.restarting)
 
     def _loader(self, ds: ShardDataset, train: bool) -> DataLoader:

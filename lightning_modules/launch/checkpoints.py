@@ -154,17 +154,38 @@ def checkpoint_step(state: Any) -> Optional[int]:
 # --- writing: last.ckpt at the end of a fit ------------------------------------------------------------------------
 class LastCheckpointOnFitEnd(L.Callback):
     """When a fit ends, each ``ModelCheckpoint(save_last=...)`` of the Trainer writes its ``last.ckpt`` at the final
-    step unless it already did (through the callback itself, so the file name, version counter and the callback's
-    recorded ``last_model_path`` are the ones it keeps, and a resume from it continues at that step). Not after a
-    pre-emption: its checkpoint (``hpc_ckpt_<n>.ckpt``) is the exact state at the stop and the resume prefers it."""
+    step unless it already did, through the callback itself (its file name, version counter and recorded
+    ``last_model_path``). A fit that ends at ``max_steps`` is saved after its last batch, the state a step-scheduled
+    save has, so a resume continues exactly as an uninterrupted run; any other end (``max_epochs``, a stop request)
+    is saved in ``on_train_end``. Not after a pre-emption: its checkpoint (``hpc_ckpt_<n>.ckpt``) is the exact state
+    at the stop and the resume prefers it. The callback's own schedule is left as it was: a save it makes at the same
+    step still happens."""
+
+    def __init__(self) -> None:
+        self._saved_at: dict[int, int] = {}  # id(ModelCheckpoint) -> the step this callback saved its last.ckpt at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 <= trainer.max_steps <= trainer.global_step:  # the fit loop stops after this batch
+            self._save_last(trainer, keep_schedule=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._save_last(trainer, keep_schedule=False)
+
+    def _save_last(self, trainer, keep_schedule: bool) -> None:
         from lightning_modules.launch.cluster import Preemption
 
-        if trainer.global_step == 0 or any(isinstance(cb, Preemption) and cb.preempted for cb in trainer.callbacks):
+        if trainer.global_step == 0 or trainer.fast_dev_run or trainer.sanity_checking \
+                or any(isinstance(cb, Preemption) and cb.preempted for cb in trainer.callbacks):
             return
         for cb in trainer.checkpoint_callbacks:
-            if isinstance(cb, ModelCheckpoint) and cb.save_last and not trainer.fast_dev_run \
-                    and cb._last_global_step_saved != trainer.global_step:
-                # Lightning's own on_train_end only covers a fit that never wrote last.ckpt at all
-                cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+            if not isinstance(cb, ModelCheckpoint) or not cb.save_last:
+                continue
+            every = cb._every_n_train_steps
+            if trainer.global_step in (cb._last_global_step_saved, self._saved_at.get(id(cb))) \
+                    or (keep_schedule and every >= 1 and trainer.global_step % every == 0):
+                continue  # saved already, or its own step schedule saves this step (after this hook)
+            scheduled = cb._last_global_step_saved
+            cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+            self._saved_at[id(cb)] = trainer.global_step
+            if keep_schedule:  # an epoch-end save of its own at this step must not be skipped as "already saved"
+                cb._last_global_step_saved = scheduled
