@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
         marker = item.get_closest_marker("timeout")
         current = float(marker.kwargs.get("timeout", marker.args[0] if marker.args else 0)) if marker else default
         if need > current:
-            item.add_marker(pytest.mark.timeout(need))
+            item.add_marker(pytest.mark.timeout(need), append=False)  # before a module's pytestmark
 
 
 def render_cli(*args, check=True, **kw):
