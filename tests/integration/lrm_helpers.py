@@ -10,7 +10,12 @@ from datamodules.views import finalize
 from lightning_modules.lrm import LRMModule
 
 TINY = MODEL_DIR / "lrm_tiny.yaml"
-OVERFIT_STEPS = 400  # the overfitting run: 2 objects, 400 steps of lrm_tiny
+# The overfitting run: 2 objects, 400 steps of lrm_tiny. Fewer steps do not meet test_lrm_training.py's stated bounds
+# (measured 2026-12-05, seed 0, one run probed at each count; the LR is constant after warm-up, so a shorter run is
+# the same run cut short): after 200 / 250 / 300 steps the loss fell 1.67 / 2.05 / 2.26× (bound 2×), the sphere's PSNR
+# was 15.1 / 17.0 / 18.1 dB (bound 18) and its mesh's Chamfer 0.113 / 0.134 / 0.168 (bound 0.13); at 400 (BENCHMARKS.md)
+# 2.6×, 19.5 dB and 0.097.
+OVERFIT_STEPS = 400
 
 
 def tiny_module(**overrides) -> LRMModule:
