@@ -32,6 +32,8 @@ from lightning_modules.callbacks import image_grid
 from lightning_modules.ema import EMA
 from lightning_modules.losses import LPIPSLoss, cosine_with_warmup, triplane_tv
 from lightning_modules.metrics import mean_psnr
+from lightning_modules.networks.config import plain_block
+from lightning_modules.networks.lrm.config import EncoderConfig, FieldConfig, RendererConfig, TransformerConfig
 from lightning_modules.networks.lrm.model import LRM
 from lightning_modules.prediction import Prediction
 
@@ -42,11 +44,13 @@ NO_DECAY = ("bias", "norm", "pos_embed", "cls_token")
 class LRMModule(ReconstructionModule):
     # mesh and prediction settings: chosen per run, not part of the trained model (lightning_modules.base)
     RUNTIME = (*ReconstructionModule.RUNTIME, "mesh_level", "turntable", "turntable_frames", "turntable_size")
+    net: LRM
 
     def __init__(self,
-                 # architecture (each a config block of lightning_modules.networks.lrm; defaults = the paper)
-                 encoder: Optional[dict] = None, transformer: Optional[dict] = None, field: Optional[dict] = None,
-                 renderer: Optional[dict] = None, camera_dim: int = 1024, camera_distance: Optional[float] = 2.0,
+                 # architecture (typed blocks of lightning_modules.networks.lrm.config; defaults = the paper)
+                 encoder: EncoderConfig = EncoderConfig(), transformer: TransformerConfig = TransformerConfig(),
+                 field: FieldConfig = FieldConfig(), renderer: RendererConfig = RendererConfig(),
+                 camera_dim: int = 1024, camera_distance: Optional[float] = 2.0,
                  # loss
                  lpips_weight: float = 2.0, lpips_weights: Optional[str] = None, lpips_pretrained: bool = True,
                  mask_weight: float = 0.0, depth_weight: float = 0.0, tv_weight: float = 0.0,
@@ -59,6 +63,8 @@ class LRMModule(ReconstructionModule):
                  mesh_resolution: int = 256, mesh_level: Optional[float] = 10.0, mesh_format: str = "glb",
                  predict_dir: str = "predictions", turntable: Optional[str] = "gif", turntable_frames: int = 36,
                  turntable_size: int = 256):
+        # the blocks go into hparams (and checkpoints) as plain data; LRM takes either form
+        encoder, transformer, field, renderer = map(plain_block, (encoder, transformer, field, renderer))
         super().__init__()
         self.save_settings()  # hparams (checkpointed) and RUNTIME settings (attributes)
         self.net = LRM(encoder, transformer, field, renderer, camera_dim)

@@ -84,6 +84,7 @@ class One2345Module(ReconstructionModule):
     # mesh, prediction and single-image settings: chosen per run, not part of the trained model (lightning_modules.base)
     RUNTIME = (*ReconstructionModule.RUNTIME, "zero123_weights", "zero123_steps", "zero123_guidance_scale",
                "zero123_dtype", "elevation_deg", "source_size")
+    net: One2345
 
     def __init__(self,
                  # architecture (typed blocks of lightning_modules.networks.one2345.config; defaults = the paper)

@@ -16,11 +16,12 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Optional, TypeVar, cast
 
 from torch import nn
 
 B = TypeVar("B", bound=nn.Module)
+Options = Optional[Mapping[str, Any]]  # a block as plain data (a checkpoint's hparams, a test's dict); None: defaults
 C = TypeVar("C", bound="BlockConfig")
 
 

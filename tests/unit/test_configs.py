@@ -1,4 +1,5 @@
-"""Every Lightning YAML in configs/ parses through the `lift3d` LightningCLI parser, and its model blocks build.
+"""Every Lightning YAML in configs/ parses through the `lift3d` LightningCLI parser, and its model blocks build; the
+model blocks are typed (options listed, checked and converted when a config is parsed).
 
 (The render configs are parsed by tests/unit/render_farm/test_config.py.)"""
 
@@ -8,12 +9,13 @@ import os
 import pytest
 import torch
 import yaml
+
+from configs import DATA_DIR, EXPERIMENT_DIR, MODEL_DIR, load_model_block
 from lightning_modules.launch.cli import Lift3dCLI
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXPERIMENTS = sorted(glob.glob(os.path.join(ROOT, "configs", "experiments", "*.yaml")))
-MODELS = sorted(glob.glob(os.path.join(ROOT, "configs", "model", "*.yaml")))
-DATA = sorted(glob.glob(os.path.join(ROOT, "configs", "data", "*.yaml")))
+EXPERIMENTS = sorted(glob.glob(os.path.join(EXPERIMENT_DIR, "*.yaml")))
+MODELS = sorted(glob.glob(os.path.join(MODEL_DIR, "*.yaml")))
+DATA = sorted(glob.glob(os.path.join(DATA_DIR, "*.yaml")))
 
 
 class ParseOnly(Lift3dCLI):
@@ -70,7 +72,7 @@ def build_network(path: str):
     from lightning_modules.networks.lrm.model import LRM
     from lightning_modules.networks.one2345.model import One2345
 
-    args = yaml.safe_load(open(path))["init_args"]
+    args = load_model_block(path).init_args
     with torch.device("meta"):
         if family(path) == "one2345":
             return One2345(*(args.get(k) for k in ("features", "cost_volume", "sparse_cnn", "sdf", "colour",
@@ -96,7 +98,7 @@ def test_data_configs_parse(path):
 
 def test_tiny_experiment_instantiates():
     """The tiny run builds for real (random weights, no files needed): model, data module and trainer."""
-    cli = Lift3dCLI(run=False, args=["--config", os.path.join(ROOT, "configs", "experiments", "lrm_tiny.yaml"),
+    cli = Lift3dCLI(run=False, args=["--config", os.path.join(EXPERIMENT_DIR, "lrm_tiny.yaml"),
                                      "--trainer.logger=false"])
     assert type(cli.model).__name__ == "LRMModule"
     assert cli.model.net.transformer.pos_embed.shape == (3 * 8 * 8, 64)
@@ -105,8 +107,81 @@ def test_tiny_experiment_instantiates():
 
 def test_one2345_tiny_experiment_instantiates():
     """The tiny One-2-3-45 run builds for real: the module with the tiny sizes and the One-2-3-45 data module."""
-    cli = Lift3dCLI(run=False, args=["--config", os.path.join(ROOT, "configs", "experiments", "one2345_tiny.yaml"),
+    cli = Lift3dCLI(run=False, args=["--config", os.path.join(EXPERIMENT_DIR, "one2345_tiny.yaml"),
                                      "--trainer.logger=false"])
     assert type(cli.model).__name__ == "One2345Module" and type(cli.datamodule).__name__ == "One2345DataModule"
     assert cli.model.net.cost_volume.resolution == 32
     assert cli.datamodule.train_sampler.neighbours == "ground_truth"
+
+
+# --- typed model blocks -------------------------------------------------------------------------------------------
+def _blocks(family_name: str) -> dict:
+    """The typed blocks of a model family: init_args key → config class."""
+    from lightning_modules.networks.lrm import config as lrm
+    from lightning_modules.networks.one2345 import config as one2345
+
+    if family_name == "lrm":
+        return {"encoder": lrm.EncoderConfig, "transformer": lrm.TransformerConfig, "field": lrm.FieldConfig,
+                "renderer": lrm.RendererConfig}
+    return {"features": one2345.FeaturesConfig, "cost_volume": one2345.CostVolumeConfig,
+            "sparse_cnn": one2345.SparseCNNConfig, "sdf": one2345.SDFConfig, "colour": one2345.ColourConfig,
+            "renderer": one2345.RendererConfig}
+
+
+@pytest.mark.parametrize("family_name", ["lrm", "one2345"])
+def test_every_block_option_is_a_config_field(family_name):
+    """A block's __init__ argument is a field of its config (settable from a YAML) or derived by the model."""
+    from lightning_modules.networks.config import missing_options
+
+    assert {key: missing_options(config) for key, config in _blocks(family_name).items()} == {
+        key: [] for key in _blocks(family_name)}
+
+
+@pytest.mark.parametrize("value", ["false", "true"])
+def test_grad_checkpointing_override_arrives_as_a_boolean(value):
+    """`--model.init_args.transformer.grad_checkpointing=false` turns checkpointing off (it once arrived as the
+    string 'false', which is truthy, and turned it on)."""
+    cli = Lift3dCLI(run=False, args=["--config", os.path.join(EXPERIMENT_DIR, "lrm_tiny.yaml"),
+                                     "--trainer.logger=false",
+                                     f"--model.init_args.transformer.grad_checkpointing={value}",
+                                     f"--model.init_args.encoder.grad_checkpointing={value}"])
+    assert cli.model.net.transformer.grad_checkpointing is (value == "true")
+    assert cli.model.net.encoder.vit.grad_checkpointing is (value == "true")
+    assert cli.model.hparams.transformer["grad_checkpointing"] is (value == "true")
+
+
+def test_a_string_for_a_switch_is_refused_outside_the_cli_too():
+    from lightning_modules.networks.lrm.model import LRM
+
+    with pytest.raises(TypeError, match="'transformer': grad_checkpointing must be true or false, got 'false'"):
+        LRM(transformer={"grad_checkpointing": "false"})
+
+
+def test_a_misspelt_option_fails_at_parse_time_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse(["--config", os.path.join(EXPERIMENT_DIR, "lrm_tiny.yaml"), "--model.init_args.transformer.layrs=3"])
+    assert "layrs" in capsys.readouterr().err
+    model = yaml.safe_load(open(os.path.join(MODEL_DIR, "one2345_tiny.yaml")))
+    model["init_args"]["sdf"]["hiden"] = 32
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(model))
+    with pytest.raises(SystemExit):
+        parse(["--model", str(tmp_path / "typo.yaml"), "--data", os.path.join(DATA_DIR, "one2345_tiny.yaml")])
+    assert "hiden" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["lrm_tiny", "one2345_tiny"])
+def test_print_config_shows_every_block_option(name, capsys):
+    """`lift3d fit --print_config` lists each block's options, those the YAML leaves to the defaults included, with the
+    YAML's values."""
+    import dataclasses
+
+    from lightning_modules.launch.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", os.path.join(EXPERIMENT_DIR, f"{name}.yaml"), "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    given = load_model_block(os.path.join(MODEL_DIR, f"{name}.yaml")).init_args
+    for key, config in _blocks(family(name)).items():
+        assert list(printed[key]) == [f.name for f in dataclasses.fields(config)], key
+        assert {k: printed[key][k] for k in given[key]} == given[key], key

@@ -9,46 +9,39 @@ Legend:  B batch · N supervision views · H×W rendered size · L image tokens 
                                                            ─► images (B, N, 3, H, W), opacity, depth (B, N, 1, H, W)
 
 Cameras enter in the canonical frame of ``geometry.rays.canonicalize_cameras`` (the source camera at
-``camera_distance`` on −Y looking at the origin); the LightningModule moves a batch there. Each block's arguments are a
-config mapping (``configs/model/lrm_*.yaml``); the defaults are the paper's.
+``camera_distance`` on −Y looking at the origin); the LightningModule moves a batch there. Each block's options are a
+typed config (``lightning_modules.networks.lrm.config``; a block of ``configs/model/lrm_*.yaml``); the defaults are the
+paper's.
 """
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from geometry.rays import camera_rays
-from lightning_modules.networks.lrm.encoder import DinoEncoder
-from lightning_modules.networks.lrm.renderer import TriplaneField, VolumeRenderer
-from lightning_modules.networks.lrm.transformer import (
-    CameraEmbedder,
-    TriplaneTransformer,
-    camera_features,
-)
-
-
-def _build(cls, name: str, cfg: Optional[dict], **fixed):
-    try:
-        return cls(**{**(cfg or {}), **fixed})
-    except TypeError as exc:
-        raise TypeError(f"model config block {name!r} has an option {cls.__name__} does not take: {exc}") from exc
+from lightning_modules.networks.config import Options
+from lightning_modules.networks.lrm.config import EncoderConfig, FieldConfig, RendererConfig, TransformerConfig
+from lightning_modules.networks.lrm.transformer import CameraEmbedder, camera_features
 
 
 class LRM(nn.Module):
-    def __init__(self, encoder: Optional[dict] = None, transformer: Optional[dict] = None,
-                 field: Optional[dict] = None, renderer: Optional[dict] = None, camera_dim: int = 1024):
+    def __init__(self, encoder: EncoderConfig | Options = EncoderConfig(),
+                 transformer: TransformerConfig | Options = TransformerConfig(),
+                 field: FieldConfig | Options = FieldConfig(), renderer: RendererConfig | Options = RendererConfig(),
+                 camera_dim: int = 1024):
         super().__init__()
-        self.encoder = _build(DinoEncoder, "encoder", encoder)
+        # a block may also come as plain options (a checkpoint's hparams, a test), checked as a YAML's are
+        encoder = EncoderConfig.of(encoder, "encoder", "LRM")
+        transformer = TransformerConfig.of(transformer, "transformer", "LRM")
+        field = FieldConfig.of(field, "field", "LRM")
+        renderer = RendererConfig.of(renderer, "renderer", "LRM")
+        self.encoder = encoder.build()
         self.camera_embedder = CameraEmbedder(camera_dim)
-        self.transformer = _build(TriplaneTransformer, "transformer", transformer, image_dim=self.encoder.dim,
-                                  cond_dim=camera_dim)
-        triplane_dim = self.transformer.upsample.out_channels
-        self.field = _build(TriplaneField, "field", field, triplane_dim=triplane_dim)
-        self.renderer = _build(VolumeRenderer, "renderer", renderer, bound=self.field.bound)
+        self.transformer = transformer.build(image_dim=self.encoder.dim, cond_dim=camera_dim)
+        self.field = field.build(triplane_dim=self.transformer.upsample.out_channels)
+        self.renderer = renderer.build(bound=self.field.bound)
 
     def forward(self, image: torch.Tensor, source_c2w: torch.Tensor, source_K: torch.Tensor) -> torch.Tensor:
         """image (B, 3, H, W) in [0, 1], canonical source camera → planes (B, 3, F, P, P)."""

@@ -30,6 +30,7 @@ from einops import rearrange
 from torch import nn
 
 from geometry.rays import camera_rays
+from lightning_modules.networks.config import Options
 from lightning_modules.networks.one2345.config import (
     ColourConfig,
     CostVolumeConfig,
@@ -72,11 +73,13 @@ class One2345(nn.Module):
         renderer: NeuSRenderer.
     """
 
-    def __init__(self, features: FeaturesConfig = FeaturesConfig(), cost_volume: CostVolumeConfig = CostVolumeConfig(),
-                 sparse_cnn: SparseCNNConfig = SparseCNNConfig(), sdf: SDFConfig = SDFConfig(),
-                 colour: ColourConfig = ColourConfig(), renderer: RendererConfig = RendererConfig()):
+    def __init__(self, features: FeaturesConfig | Options = FeaturesConfig(),
+                 cost_volume: CostVolumeConfig | Options = CostVolumeConfig(),
+                 sparse_cnn: SparseCNNConfig | Options = SparseCNNConfig(), sdf: SDFConfig | Options = SDFConfig(),
+                 colour: ColourConfig | Options = ColourConfig(),
+                 renderer: RendererConfig | Options = RendererConfig()):
         super().__init__()
-        # a block may also come as a plain mapping (a checkpoint's hparams, a test), checked as a YAML's is
+        # a block may also come as plain options (a checkpoint's hparams, a test), checked as a YAML's are
         features = FeaturesConfig.of(features, "features", "One-2-3-45")
         cost_volume = CostVolumeConfig.of(cost_volume, "cost_volume", "One-2-3-45")
         sparse_cnn = SparseCNNConfig.of(sparse_cnn, "sparse_cnn", "One-2-3-45")
