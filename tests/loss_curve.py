@@ -20,7 +20,8 @@ import lightning as L
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from configs import ROOT
+
 CURVES = os.path.join(ROOT, "tests", "data", "tiny_loss_curves.json")
 WRITE_ENV = "LIFT3D_WRITE_LOSS_CURVES"  # set to 1: the test writes its curve into CURVES instead of comparing
 SEED = 0
