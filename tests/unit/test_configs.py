@@ -10,12 +10,13 @@ import pytest
 import torch
 import yaml
 
-from configs import DATA_DIR, EXPERIMENT_DIR, MODEL_DIR, load_model_block
+from configs import CONFIG_DIR, DATA_DIR, EXPERIMENT_DIR, MODEL_DIR, TRAINER_DIR, load_model_block
 from lightning_modules.launch.cli import Lift3dCLI
 
 EXPERIMENTS = sorted(glob.glob(os.path.join(EXPERIMENT_DIR, "*.yaml")))
 MODELS = sorted(glob.glob(os.path.join(MODEL_DIR, "*.yaml")))
 DATA = sorted(glob.glob(os.path.join(DATA_DIR, "*.yaml")))
+TRAINER = sorted(glob.glob(os.path.join(TRAINER_DIR, "*.yaml")))  # fragments: --trainer FILE over an experiment
 
 
 class ParseOnly(Lift3dCLI):
@@ -88,6 +89,45 @@ def test_model_configs_build(path):
     assert sum(p.numel() for p in net.parameters()) > 0
     data = [d for d in DATA if ("one2345" in d) == (family(path) == "one2345")][0]
     parse(["--model", path, "--data", data])
+
+
+@pytest.mark.parametrize("path", TRAINER, ids=os.path.basename)
+def test_trainer_fragments_parse_over_an_experiment(path):
+    """A trainer fragment applies over an experiment; the files it names (strategy/...) resolve from its directory."""
+    fragment = yaml.safe_load(open(path))
+    cfg = parse(["--config", os.path.join(EXPERIMENT_DIR, "lrm_small.yaml"), "--trainer", path])
+    for key, value in fragment.items():
+        parsed = cfg.trainer[key]
+        if isinstance(value, str) and value.endswith(".yaml"):  # a nested file: what it holds arrived
+            nested = yaml.safe_load(open(os.path.join(os.path.dirname(path), value)))
+            assert parsed.class_path == nested["class_path"]
+            assert {k: parsed.init_args[k] for k in nested["init_args"]} == nested["init_args"]
+        else:
+            assert parsed == value, key
+
+
+def test_every_lightning_yaml_in_configs_is_parsed_here():
+    """No config file goes unchecked: each is an experiment, model, data or trainer fragment parsed above, or a file
+    one of those names (render settings: tests/unit/render_farm/test_config.py)."""
+    named = set()
+    for path in EXPERIMENTS + TRAINER:
+        for value in _strings(yaml.safe_load(open(path))):
+            if value.endswith(".yaml"):
+                named.add(os.path.normpath(os.path.join(os.path.dirname(path), value)))
+    everything = {p for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
+                  if not p.startswith(os.path.join(CONFIG_DIR, "render") + os.sep)}
+    assert everything - set(EXPERIMENTS + MODELS + DATA + TRAINER) - named == set()
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
 
 
 @pytest.mark.parametrize("path", DATA, ids=os.path.basename)
