@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from geometry.image import write_image, write_turntable
 from geometry.mesh import save_mesh
+from render_farm.shards import safe_output_path
 
 SHEET_COLUMNS = 8  # views per row of <key>.views.png: the 8 views, then a row per 8 neighbours
 
@@ -49,23 +50,24 @@ class Prediction:
 
 
 def write_prediction(prediction: Prediction, output_dir: str) -> Optional[str]:
-    """Writes one object's files (module docstring) under ``output_dir``; returns the mesh's path or None."""
+    """Writes one object's files (module docstring) under ``output_dir``; returns the mesh's path or None. Every path
+    is ``safe_output_path``'s: a key that would leave ``output_dir`` (``../x``, an absolute path) is a ValueError."""
     p, key = prediction, prediction.key
     path = None
     if p.mesh is not None:
-        path = save_mesh(os.path.join(output_dir, f"{key}.{p.mesh_format}"), *p.mesh)
+        path = save_mesh(safe_output_path(output_dir, key, f".{p.mesh_format}"), *p.mesh)
         rank_zero_info(f"[predict] {key} → {path}")
     if p.turntable is not None:
         if p.turntable_format is None:
             raise ValueError(f"prediction {key!r} has turntable frames but no turntable_format: give gif or mp4")
-        spin = write_turntable(os.path.join(output_dir, f"{key}.{p.turntable_format}"), p.turntable)
+        spin = write_turntable(safe_output_path(output_dir, key, f".{p.turntable_format}"), p.turntable)
         rank_zero_info(f"[predict] {key} turntable → {spin}")
     if p.views is not None:
         sheet = rearrange(p.views, "(r c) h w ch -> (r h) (c w) ch", c=SHEET_COLUMNS)
-        write_image(os.path.join(output_dir, f"{key}.views.png"), sheet)
+        write_image(safe_output_path(output_dir, key, ".views.png"), sheet)
     if p.record is not None:
         os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, f"{key}.json"), "w") as f:
+        with open(safe_output_path(output_dir, key, ".json"), "w") as f:
             json.dump({**p.record, "mesh": path}, f, indent=1)
     return path
 

@@ -53,6 +53,7 @@ from lightning_modules.evaluation.reconstruction import LRMReconstructor, list_o
 from lightning_modules.evaluation.report import _fmt, log_wandb, summarise, summary_table, write_reports
 from lightning_modules.evaluation.scoring import ObjectEvaluator
 from lightning_modules.launch import tracking
+from render_farm.shards import safe_output_path
 
 log = logging.getLogger(__name__)
 
@@ -140,13 +141,14 @@ def _evaluate(fabric, args) -> Optional[dict]:
     for sample in mine:
         try:
             record, strip = evaluator(sample)
-        except DATA_ERRORS as exc:
+            render = safe_output_path(os.path.join(out_dir, "renders"), sample.key, ".png")
+        except DATA_ERRORS as exc:  # incl. CorruptSampleError: unusable cameras, a key that is not the format's
             failures.append({"key": sample.key, "shard": sample.url, "stage": "evaluate",
                              "reason": f"{type(exc).__name__}: {exc}"})
             log.warning("evaluate: %s (%s) skipped: %s", sample.key, sample.url, exc)
             continue
         record["shard"] = sample.url
-        Image.fromarray(strip).save(os.path.join(out_dir, "renders", f"{sample.key}.png"))
+        Image.fromarray(strip).save(render)
         records.append(record)
         if rank == 0 or world == 1:
             print(f"[evaluate] {len(records)}/{len(mine)} {sample.key}: " +

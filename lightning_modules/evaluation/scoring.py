@@ -28,7 +28,7 @@ from geometry.cameras import backproject_depth
 from geometry.mesh import LOADABLE_MESH_FORMATS, load_mesh, save_mesh
 from lightning_modules.callbacks import image_grid
 from lightning_modules.evaluation.reconstruction import LRMReconstructor, held_out_batch
-from render_farm.shards import decode_depth, sample_key
+from render_farm.shards import decode_depth, safe_output_path, sample_key
 
 log = logging.getLogger(__name__)
 GT_VOXEL = 1.0 / 128  # depth ground truth: one point per cell of this size (normalised units; the frame spans 2)
@@ -121,8 +121,8 @@ class ObjectEvaluator:
             record.update(mesh_metrics(verts, faces, gt, num_points=args.num_points, align_to_gt=args.align != "none"
                                        and args.align, seed=args.seed))
             if args.save_meshes:
-                save_mesh(os.path.join(self.out_dir, "meshes", f"{key}.glb"), verts.astype(np.float32), faces,
-                          colours)
+                save_mesh(safe_output_path(os.path.join(self.out_dir, "meshes"), key, ".glb"), verts.astype(np.float32),
+                          faces, colours)
         record["seconds"] = time.perf_counter() - start
         return record, strip
 

@@ -29,7 +29,7 @@ from lightning_modules.callbacks import image_grid
 from render_farm import synthetic
 from render_farm.config import load_render_config
 from render_farm.farm import render_task
-from render_farm.shards import read_header, resolve_shards, sample_key, scan_samples, view_member
+from render_farm.shards import read_header, resolve_shards, safe_output_path, sample_key, scan_samples, view_member
 from render_farm.sources import LocalDirSource
 
 
@@ -54,7 +54,7 @@ def write_source_views(shard_dir: str, out_dir: str) -> list[str]:
     for sample in (s for url in urls for s in scan_samples(url)):
         _, _, roles = read_header(sample)
         view = roles.index("source") if "source" in roles else 0
-        path = os.path.join(out_dir, f"{sample_key(sample)}.png")
+        path = safe_output_path(out_dir, sample_key(sample), ".png")
         with open(path, "wb") as f:
             f.write(sample[view_member(view, "rgba")])
         paths.append(path)

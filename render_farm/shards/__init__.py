@@ -4,11 +4,13 @@ Every producer (render farm, MVImgNet conversion, the Zero123 pass) and every re
 evaluation, the demo) imports the format from here; docs/DESIGN.md "Shard format v1" is its contract.
 
     spec.py       the constants: the format tag, the key rule ``[A-Za-z0-9_-]`` (check_key, sanitise_key), the
-                  member names (``NNN.rgba.png``, ``NNN.depth.png``, ``NNN.normal.png``, cameras.npz, meta.json)
+                  member names (``NNN.rgba.png``, ``NNN.depth.png``, ``NNN.normal.png``, cameras.npz, meta.json),
+                  and safe_output_path, the one way a command names a per-object file after a key
     write.py      encoding (encode_png, encode_cameras, encode_sample) and the crash-safe, resumable ShardWriter
                   with its done-lists, failure manifest and ``index.json``
     read.py       decoding a sample's members, only the views asked for (read_meta, read_cameras, view_roles,
-                  read_header, decode_rgba / decode_depth / decode_normal, check_views); problems raise
+                  read_header: key rule, usable cameras, roles; decode_rgba / decode_depth / decode_normal,
+                  check_views); problems raise
                   CorruptSampleError naming the key, the member and the reason
     tar_index.py  finding shards (resolve_shards: files, globs, brace patterns, directories / index.json) and
                   iterating a local tar's samples with seeks, reading members only when asked (scan_samples)
@@ -19,8 +21,8 @@ Imports point one way: this package needs numpy and OpenCV, never torch, Lightni
 from render_farm.shards.read import (KINDS, CorruptSampleError, check_views, decode_bgra, decode_depth,
                                      decode_depth_raw, decode_normal, decode_rgba, read_cameras, read_header,
                                      read_meta, sample_key, view_roles)
-from render_farm.shards.spec import (CAMERAS, FORMAT, KEY_RE, MAX_VIEWS, META, VIEW_KINDS, check_key, sanitise_key,
-                                     view_member)
+from render_farm.shards.spec import (CAMERAS, FORMAT, KEY_RE, MAX_VIEWS, META, VIEW_KINDS, check_key,
+                                     safe_output_path, sanitise_key, view_member)
 from render_farm.shards.tar_index import (LazySample, ShardIndexError, TarScanError, index_counts, read_index,
                                          resolve_shards, scan_samples)
 from render_farm.shards.write import (SettingsMismatchError, ShardWriter, TaskPaths, check_settings, count_samples,
@@ -32,5 +34,5 @@ __all__ = [
     "check_settings", "check_views", "count_samples",
     "decode_bgra", "decode_depth", "decode_depth_raw", "decode_normal", "decode_rgba", "encode_cameras", "encode_png",
     "encode_sample", "index_counts", "read_cameras", "read_index", "read_header", "read_meta", "resolve_shards",
-    "sample_key", "sanitise_key", "scan_samples", "update_index", "view_member", "view_roles",
+    "safe_output_path", "sample_key", "sanitise_key", "scan_samples", "update_index", "view_member", "view_roles",
 ]

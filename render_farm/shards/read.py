@@ -26,11 +26,15 @@ import zipfile
 import cv2
 import numpy as np
 
-from render_farm.shards.spec import CAMERAS, FORMAT, META, view_member
+from render_farm.shards.spec import CAMERAS, FORMAT, META, check_key, view_member
+
+#: How far a stored rotation may be from orthonormal (max |RᵀR - I|, |det R - 1|) and K's / c2w's fixed rows from
+#: their values; float32 renders and COLMAP-converted poses are within ~1e-6.
+ROTATION_TOL = 1e-3
 
 #: Error kinds used for the loader's counters (``ShardDataModule.errors``).
 KINDS = ("shard_read", "truncated_shard", "missing_member", "bad_png", "bad_cameras", "bad_meta", "bad_views",
-         "decode_error")
+         "decode_error", "bad_key")
 
 
 class CorruptSampleError(ValueError):
@@ -82,7 +86,8 @@ def read_meta(sample: dict) -> dict:
 
 
 def read_cameras(sample: dict, num_views: int | None = None) -> dict[str, np.ndarray]:
-    """``c2w`` (V,4,4) float32, ``K`` (V,3,3) float32, ``hw`` (V,2) int32 from ``cameras.npz``, shape-checked."""
+    """``c2w`` (V,4,4) float32, ``K`` (V,3,3) float32, ``hw`` (V,2) int32 from ``cameras.npz``, shape-checked and
+    each camera checked to be usable (:func:`camera_problem`)."""
     key = sample_key(sample)
     raw = _member(sample, CAMERAS)
     try:
@@ -102,10 +107,48 @@ def read_cameras(sample: dict, num_views: int | None = None) -> dict[str, np.nda
     if num_views is not None and v != num_views:
         raise CorruptSampleError(key, CAMERAS, f"{v} cameras but meta.json num_views is {num_views}",
                                  kind="bad_cameras")
-    if not (np.isfinite(cams["c2w"]).all() and np.isfinite(cams["K"]).all()):
-        raise CorruptSampleError(key, CAMERAS, "c2w or K holds NaN/inf", kind="bad_cameras")
-    return {"c2w": cams["c2w"].astype(np.float32), "K": cams["K"].astype(np.float32),
-            "hw": cams["hw"].astype(np.int32)}
+    out = {"c2w": cams["c2w"].astype(np.float32), "K": cams["K"].astype(np.float32),
+           "hw": cams["hw"].astype(np.int32)}
+    problem = camera_problem(out["c2w"], out["K"], out["hw"]) if v else None
+    if problem is not None:
+        raise CorruptSampleError(key, CAMERAS, problem, kind="bad_cameras")
+    return out
+
+
+def camera_problem(c2w: np.ndarray, K: np.ndarray, hw: np.ndarray) -> str | None:
+    """What is wrong with the first bad camera of (V,4,4) ``c2w``, (V,3,3) ``K``, (V,2) ``hw``, or None.
+
+    A camera is usable when ``K`` is finite with fx, fy > 0, the rows (0, fy, cy) and (0, 0, 1) and the principal
+    point inside the ``hw`` image, and ``c2w`` is finite with an orthonormal rotation of
+    determinant +1 (within :data:`ROTATION_TOL`: float32 renders are ~1e-6 off) and the last row (0, 0, 0, 1).
+    Anything else makes NaN or meaningless rays (an all-zero K divides by zero), so the sample is skipped."""
+    for i in range(len(c2w)):
+        k, m, (h, w) = K[i].astype(np.float64), c2w[i].astype(np.float64), (int(x) for x in hw[i])
+        if not np.isfinite(k).all():
+            return f"view {i}: K holds NaN/inf"
+        if not np.isfinite(m).all():
+            return f"view {i}: c2w holds NaN/inf"
+        if h <= 0 or w <= 0:
+            return f"view {i}: hw is {h}x{w}, expected a positive image size"
+        if not (k[0, 0] > 0 and k[1, 1] > 0):
+            return f"view {i}: K has fx = {k[0, 0]:g}, fy = {k[1, 1]:g}; both must be > 0 (focal lengths in pixels)"
+        if not np.allclose(k[2], (0.0, 0.0, 1.0), atol=ROTATION_TOL) or abs(k[1, 0]) > ROTATION_TOL * k[1, 1]:
+            return f"view {i}: K is not an intrinsics matrix (rows 2 and 3 are {k[1].tolist()}, {k[2].tolist()}; " \
+                   f"expected [0, fy, cy] and [0, 0, 1])"
+        cx, cy = k[0, 2], k[1, 2]
+        if not (0.0 <= cx <= w and 0.0 <= cy <= h):
+            return f"view {i}: K's principal point ({cx:g}, {cy:g}) is outside the {w}x{h} image (hw = {h}, {w})"
+        if not np.allclose(m[3], (0.0, 0.0, 0.0, 1.0), atol=ROTATION_TOL):
+            return f"view {i}: c2w's last row is {m[3].tolist()}, expected [0, 0, 0, 1]"
+        r = m[:3, :3]
+        err = float(np.abs(r.T @ r - np.eye(3)).max())
+        if err > ROTATION_TOL:
+            return f"view {i}: c2w's rotation is not orthonormal (|RᵀR - I| reaches {err:.3g}, tolerance " \
+                   f"{ROTATION_TOL:g}): a scaled, sheared or all-zero rotation"
+        det = float(np.linalg.det(r))
+        if abs(det - 1.0) > ROTATION_TOL:
+            return f"view {i}: c2w's rotation has determinant {det:.4g}, expected +1 (a reflection, not a camera pose)"
+    return None
 
 
 def view_roles(meta: dict, num_views: int, key: str = "?") -> list[str]:
@@ -122,7 +165,15 @@ def view_roles(meta: dict, num_views: int, key: str = "?") -> list[str]:
 
 def read_header(sample: dict) -> tuple[dict, dict[str, np.ndarray], list[str]]:
     """(meta, cameras, view roles) of a sample, checked against each other: the cheap members a caller reads
-    before it picks views (``num_views`` cameras when meta.json gives it, one role per camera)."""
+    before it picks views (``num_views`` cameras when meta.json gives it, one role per camera). The sample's key
+    must follow the format's key rule (:func:`~render_farm.shards.spec.check_key`): readers name output files after
+    it, so a tar member such as ``../../x.rgba.png`` is a corrupt sample, never a path."""
+    key = sample_key(sample)
+    try:
+        check_key(key)
+    except ValueError as exc:
+        raise CorruptSampleError(key, "__key__", f"{exc}; the sample is not format v1 (a hand-made or hostile tar?)",
+                                 kind="bad_key") from None
     meta = read_meta(sample)
     cams = read_cameras(sample, meta.get("num_views"))
     return meta, cams, view_roles(meta, len(cams["c2w"]), sample_key(sample))
