@@ -32,8 +32,8 @@ class LPIPSLoss(nn.Module):
         if vgg_weights:
             self._load(vgg_weights)
         elif pretrained_backbone:
-            raise FileNotFoundError("LPIPS needs the VGG-16 backbone weights: set loss lpips_weights to a local copy of "
-                                    "torchvision's vgg16-397923af.pth (https://download.pytorch.org/models/), or "
+            raise FileNotFoundError("LPIPS needs the VGG-16 backbone weights: set loss lpips_weights to a local copy "
+                                    "of torchvision's vgg16-397923af.pth (https://download.pytorch.org/models/), or "
                                     "lpips_pretrained: false to train with a random backbone (tests, smoke runs)")
         self.net.requires_grad_(False).eval()
 

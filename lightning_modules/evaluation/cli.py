@@ -155,7 +155,7 @@ def _evaluate(fabric, args) -> Optional[dict]:
                   ", ".join(f"{m} {record[m]:.4g}" for m in ("psnr", "chamfer", "fscore@0.1")
                             if isinstance(record.get(m), float)), flush=True)
     if world > 1:  # the one gather of the run
-        gathered = [None] * world
+        gathered: list = [None] * world  # each rank's (records, failures)
         torch.distributed.all_gather_object(gathered, (records, failures))
         records = [r for part in gathered for r in part[0]]
         failures = [f for part in gathered for f in part[1]]
@@ -168,7 +168,8 @@ def _evaluate(fabric, args) -> Optional[dict]:
     settings = {"ckpt": os.path.abspath(args.ckpt), "shards": " ".join(args.shards), "world_size": world,
                 "input_view": args.input_view, "gt": "meshes in " + args.gt_meshes if args.gt_meshes else "depth",
                 "align": args.align, "num_points": args.num_points, "render_size": args.render_size,
-                "background": args.background, "git_commit": tracking.git_state()["commit"], "command": " ".join(sys.argv)}
+                "background": args.background, "git_commit": tracking.git_state()["commit"],
+                "command": " ".join(sys.argv)}
     write_reports(out_dir, records, failures, summary, settings)
     print(summary_table(summary), flush=True)
     print(f"[evaluate] {len(records)} objects, {len(failures)} failed, {seconds:.1f} s "

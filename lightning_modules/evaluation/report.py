@@ -15,7 +15,6 @@ from typing import Optional
 
 import numpy as np
 
-
 # --- summaries and reports -----------------------------------------------------------------------------------------
 METRIC_ORDER = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "lpips_masked", "clip", "chamfer",
                 "fscore@0.05", "fscore@0.1", "fscore@0.2", "fscore@0.5", "volume_iou")

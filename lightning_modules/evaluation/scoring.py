@@ -71,10 +71,10 @@ class ObjectEvaluator:
 
         self.model, self.args, self.out_dir, self.categories = model, args, out_dir, categories
         lpips_weights = args.lpips_weights or model.module.hparams.get("lpips_weights")
+        self.lpips: Optional[LPIPSMetric] = None
         if lpips_weights and os.path.isfile(lpips_weights):
             self.lpips = LPIPSMetric(lpips_weights).to(model.device)
         else:
-            self.lpips = None
             _rank_zero_warning("LPIPS skipped: no local VGG-16 weights (set --lpips-weights to torchvision's "
                                "vgg16-397923af.pth)")
         self.clip = CLIPSimilarity.from_path(args.clip_weights)

@@ -49,7 +49,8 @@ def test_rank_zero_is_read_from_each_launchers_environment():
 
 
 def test_requeue_targets_the_array_task_not_the_whole_array():
-    assert cluster.slurm_job_id({"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "10", "SLURM_ARRAY_TASK_ID": "2"}) == "10_2"
+    array_task = {"SLURM_JOB_ID": "12", "SLURM_ARRAY_JOB_ID": "10", "SLURM_ARRAY_TASK_ID": "2"}
+    assert cluster.slurm_job_id(array_task) == "10_2"
     assert cluster.slurm_job_id({"SLURM_JOB_ID": "12"}) == "12"
 
 
