@@ -1,0 +1,45 @@
+"""benchmarks/peer_openlrm.py keeps running without an OpenLRM checkout: its lift3d half trains a step of the tiny
+LRM through the same calls Lightning makes and reports its stages, and without a checkout it says how to get one.
+(The figures come from the benchmark itself, never from this test.)"""
+
+import json
+import os
+
+import pytest
+
+from benchmarks import peer_openlrm
+from configs import EXPERIMENT_DIR
+
+TINY = os.path.join(EXPERIMENT_DIR, "lrm_tiny.yaml")
+
+
+def test_lift3d_half_runs_a_training_step_of_the_tiny_config(tmp_path):
+    out = tmp_path / "peer.json"
+    result = peer_openlrm.main(["--lift3d-only", "--config", TINY, "--rounds", "1", "--warmup", "1",
+                                "--threads", "1", "--device", "cpu", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["params_lift3d"] == result["params_lift3d"] > 0
+    assert "speedup" not in saved  # no peer, no ratio
+    stages = saved["stages_lift3d"]
+    assert set(peer_openlrm.STAGES) <= set(stages)
+    assert all(stages[k] >= 0 for k in peer_openlrm.STAGES)
+    # the stages are a partition of the step: their sum is the step (what is outside them is bookkeeping)
+    assert sum(stages[k] for k in peer_openlrm.STAGES) == pytest.approx(stages["step"], rel=1e-6)
+    assert saved["peak_mem_lift3d"] > 0
+    assert saved["batch"] == 1 and saved["views"] == 2 and saved["crop"] == 32
+
+
+def test_without_a_checkout_it_says_how_to_get_one(monkeypatch, capsys):
+    monkeypatch.delenv("OPENLRM_DIR", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        peer_openlrm.main(["--config", TINY])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "git clone https://github.com/3DTopia/OpenLRM" in err and "--openlrm" in err and "OPENLRM_DIR" in err
+
+
+def test_a_directory_that_is_not_openlrm_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENLRM_DIR", str(tmp_path))
+    with pytest.raises(SystemExit, match=str(tmp_path)) as exc:
+        peer_openlrm.main(["--config", TINY])
+    assert "modeling_lrm.py" in str(exc.value)
