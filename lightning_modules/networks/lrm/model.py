@@ -56,7 +56,8 @@ class LRM(nn.Module):
         origins, dirs = camera_rays(c2w.float(), K.float(), height, width)  # (B, N, H, W, 3)
         flat = "b n h w c -> b (n h w) c"
         out = self.renderer(lambda pts: self.field(planes, pts), rearrange(origins, flat), rearrange(dirs, flat),
-                            background, stratified=stratified)
+                            background, stratified=stratified,
+                            bytes_per_point=self.field.training_bytes_per_point())
         return {"images": rearrange(out["rgb"], "b (n h w) c -> b n c h w", n=n, h=height),
                 "opacity": rearrange(out["opacity"], "b (n h w) -> b n 1 h w", n=n, h=height),
                 "depth": rearrange(out["depth"], "b (n h w) -> b n 1 h w", n=n, h=height)}

@@ -17,7 +17,8 @@ Each sample stands for the interval between the midpoints to its neighbours (the
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -89,11 +90,26 @@ class TriplaneField(nn.Module):
         out = F.embedding_bag(idx.reshape(-1, bag), table, mode="sum", per_sample_weights=wts.reshape(-1, bag))
         return out.view(b, n, f) if self.aggregate == "sum" else out.view(b, n, 3 * f)
 
+    def training_bytes_per_point(self) -> int:
+        """Estimated activation bytes one training sample keeps for backward (fp32): the MLP's layer and activation
+        inputs, the sampler's taps and weights, and the compositing terms."""
+        widths = [m.in_features for m in self.mlp if isinstance(m, nn.Linear)]
+        mlp = sum(widths) + sum(widths[1:])  # each Linear's input, each SiLU's input
+        taps = 12 * (8 + 4) if self.sampler == "embedding_bag" else 3 * 2 * 4
+        return 4 * (mlp + 32) + taps
+
     def forward(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.mlp(self.features(planes, points))
         sigma = F.softplus(raw[..., 0].float() + self.density_bias)
         rgb = torch.sigmoid(raw[..., 1:].float()) * (1 + 2e-3) - 1e-3  # reachable 0 and 1 (as in EG3D)
         return sigma, rgb
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of ``device``: a GPU's total memory, or the machine's physical memory for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _edges(t: torch.Tensor, near: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
@@ -135,10 +151,22 @@ class VolumeRenderer(nn.Module):
     """Renders rays through a field: ``num_coarse`` stratified + ``num_fine`` importance samples per ray."""
 
     def __init__(self, num_coarse: int = 64, num_fine: int = 64, bound: float = 1.0, chunk: int = 32768,
-                 deferred_backprop: bool = False):
+                 deferred_backprop: Optional[bool] = None, defer_above: float = 0.25):
         super().__init__()
+        if not 0 < defer_above <= 1:
+            raise ValueError(f"renderer.defer_above {defer_above!r}: a fraction of the device's memory in (0, 1]")
         self.num_coarse, self.num_fine, self.bound = num_coarse, num_fine, bound
-        self.chunk, self.deferred_backprop = chunk, deferred_backprop
+        self.chunk, self.deferred_backprop, self.defer_above = chunk, deferred_backprop, defer_above
+
+    def defers(self, rays: int, bytes_per_point: int, device: torch.device) -> bool:
+        """Whether a training render of ``rays`` rays defers back-propagation. ``deferred_backprop`` true or false
+        decides; ``None`` (auto) defers when the render's activations — an estimate: ``bytes_per_point`` for each of
+        the rays' samples — would take more than ``defer_above`` of the device's memory. Deferring re-renders every
+        chunk during backward (about half the render's time again), so it pays only where the memory is needed."""
+        if self.deferred_backprop is not None:
+            return self.deferred_backprop
+        need = rays * (self.num_coarse + self.num_fine) * bytes_per_point
+        return need > self.defer_above * device_memory(device)
 
     def render_rays(self, field: Field, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
                     stratified: bool) -> dict[str, torch.Tensor]:
@@ -169,15 +197,19 @@ class VolumeRenderer(nn.Module):
         return {"rgb": colour, "opacity": opacity, "depth": depth}
 
     def forward(self, field: Field, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
-                stratified: bool = False) -> dict[str, torch.Tensor]:
-        """Chunks of ``chunk`` rays (all samples of the batch together); with ``deferred_backprop`` each chunk is rendered without keeping its
-        activations and re-rendered, chunk by chunk, when the image gradient comes back (deferred
-        back-propagation: full-image losses at the memory of one chunk)."""
+                stratified: bool = False, bytes_per_point: int = 4096) -> dict[str, torch.Tensor]:
+        """Chunks of ``chunk`` rays (all samples of the batch together). When the render defers (:meth:`defers`;
+        ``bytes_per_point``: the field's activation bytes per sample) each chunk is rendered without keeping its
+        activations and re-rendered, chunk by chunk, when the image gradient comes back (deferred back-propagation:
+        full-image losses at the memory of one chunk); the re-render replays the chunk's random draws, so both ways
+        compute the same images and gradients."""
         outs = []
+        defer = torch.is_grad_enabled() and self.defers(origins.shape[0] * origins.shape[1], bytes_per_point,
+                                                        origins.device)
         step = max(1, self.chunk // origins.shape[0])  # ``chunk`` counts rays over the whole batch
         for start in range(0, origins.shape[1], step):
             o, d = origins[:, start:start + step], dirs[:, start:start + step]
-            if self.deferred_backprop and torch.is_grad_enabled():
+            if defer:
                 outs.append(checkpoint(self.render_rays, field, o, d, background, stratified, use_reentrant=False))
             else:
                 outs.append(self.render_rays(field, o, d, background, stratified))
