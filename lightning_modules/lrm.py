@@ -43,7 +43,8 @@ NO_DECAY = ("bias", "norm", "pos_embed", "cls_token")
 
 class LRMModule(ReconstructionModule):
     # mesh and prediction settings: chosen per run, not part of the trained model (lightning_modules.base)
-    RUNTIME = (*ReconstructionModule.RUNTIME, "mesh_level", "turntable", "turntable_frames", "turntable_size")
+    RUNTIME = (*ReconstructionModule.RUNTIME, "mesh_level", "turntable", "turntable_frames", "turntable_size",
+               "max_nonfinite_steps")
     net: LRM
 
     def __init__(self,
@@ -59,6 +60,7 @@ class LRMModule(ReconstructionModule):
                  lr: float = 4e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05,
                  warmup_steps: int = 3000, total_steps: Optional[int] = None, final_lr_ratio: float = 0.0,
                  ema_decay: Optional[float] = None, seed: int = 0,
+                 max_nonfinite_steps: int = 10,  # NaN/inf steps in a row (each skipped) that stop the run
                  # meshes and prediction
                  mesh_resolution: int = 256, mesh_level: Optional[float] = 10.0, mesh_format: str = "glb",
                  predict_dir: str = "predictions", turntable: Optional[str] = "gif", turntable_frames: int = 36,
@@ -144,7 +146,7 @@ class LRMModule(ReconstructionModule):
                 (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY) else decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas),
-                                foreach=True)  # not fused: Lightning clips gradients itself, which fused AdamW refuses
+                                **self.adam_implementation())
         total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
         if total <= hp.warmup_steps:
             rank_zero_info(f"LRM: warm-up ({hp.warmup_steps} steps) is not shorter than the run ({total} steps): "
