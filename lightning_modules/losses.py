@@ -64,6 +64,10 @@ class LPIPSLoss(nn.Module):
         summed, lpips' ``spatial=True``), whose spatial mean is the per-image value (exactly when H and W are
         divisible by 16, VGG's pooling steps; closely otherwise)."""
         pred, target = pred.flatten(0, -4), target.flatten(0, -4)
+        if pred.device.type == "cpu":
+            # rendered views arrive with channels-last strides (a view of the renderer's (…, H·W, 3)); VGG's CPU
+            # convolutions run 1.5× faster in the contiguous (N, C, H, W) layout (BENCHMARKS.md, peer benchmark)
+            pred, target = pred.contiguous(), target.contiguous()
         self.net.spatial = spatial  # lpips reads this flag in forward; it has no per-call argument
         try:
             return self.net(pred * 2 - 1, target * 2 - 1)
