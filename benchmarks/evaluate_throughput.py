@@ -79,6 +79,7 @@ def main(argv=None) -> dict:
     summary = evaluate(["--ckpt", args.ckpt, "--shards", args.shards, "--out", args.out, "--gt-meshes", args.assets,
                         "--model-config", os.path.join(MODEL_DIR, "lrm_tiny.yaml"),
                         "--accelerator", "cpu", "--wandb-mode", "disabled"])
+    assert summary is not None, "lift3d evaluate returned no summary on the main process"
     model_s = model_only(args.ckpt, args.shards)
     model_rate = 60.0 * summary["objects"] / model_s
     result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores, "

@@ -99,8 +99,7 @@ def run_decode(urls, picks) -> float:
     for bufs in jobs:
         for buf in bufs:
             cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    run_decode.last = len(jobs) / (time.perf_counter() - start)
-    return run_decode.last
+    return len(jobs) / (time.perf_counter() - start)
 
 
 def time_finalize(ds, batch_size: int) -> float:
@@ -135,14 +134,15 @@ def main(argv=None) -> None:
         print(f"wrote {args.objects} synthetic objects × {args.views} views at {args.resolution}² to {tmp} "
               f"in {time.perf_counter() - t:.1f}s")
     try:
-        urls, counts = resolve_shards(args.shards or tmp)
+        urls, counts = resolve_shards(args.shards or str(tmp))
         size = args.resolution if args.shards is None else 0
         sampler = ViewSampler(num_target_views=args.targets, input_size=size, target_size=size, background="white")
         run_loader(urls, counts, sampler, 1)  # warm-up: page cache, imports, allocator
         rounds = []
         for _ in range(args.rounds):  # paired and interleaved, so drift on a shared machine hits both sides
             loader_rate, picks, ds = run_loader(urls, counts, sampler, args.passes)
-            rounds.append((loader_rate / run_decode(urls, picks), loader_rate, run_decode.last))
+            decode_rate = run_decode(urls, picks)
+            rounds.append((loader_rate / decode_rate, loader_rate, decode_rate))
         rounds.sort()
         ratio, loader_rate, decode_rate = rounds[len(rounds) // 2]
         finalize_ms = time_finalize(ds, 8)

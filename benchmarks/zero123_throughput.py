@@ -21,6 +21,7 @@ import datetime
 import os
 import sys
 import tempfile
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,8 @@ def main(argv=None) -> dict:
     branches = 2 if args.guidance_scale > 1.0 else 1
     chunks = [min(args.batch_size, args.images - i) for i in range(0, args.images, args.batch_size)]
     latent = size // pipe.vae_scale_factor
-    dim = pipe.unet.config.cross_attention_dim
+    unet: Any = pipe.unet  # a diffusers UNet2DConditionModel (untyped)
+    dim = unet.config.cross_attention_dim
     t_step = pipe.scheduler.config.num_train_timesteps // 2
 
     def unet_only():
