@@ -96,7 +96,9 @@ class RendererConfig(BlockConfig[VolumeRenderer]):
         num_coarse: stratified samples per ray.
         num_fine: importance samples per ray.
         chunk: rays rendered at a time.
-        deferred_backprop: render without the graph, then backpropagate patch by patch (less memory).
+        deferred_backprop: render without the graph, then backpropagate patch by patch (less memory); null: when
+            the render's activations would take more than ``defer_above`` of the device's memory.
+        defer_above: that fraction, in (0, 1].
     """
 
     block = VolumeRenderer
@@ -104,4 +106,5 @@ class RendererConfig(BlockConfig[VolumeRenderer]):
     num_coarse: int = default_of(VolumeRenderer, "num_coarse")
     num_fine: int = default_of(VolumeRenderer, "num_fine")
     chunk: int = default_of(VolumeRenderer, "chunk")
-    deferred_backprop: bool = default_of(VolumeRenderer, "deferred_backprop")
+    deferred_backprop: Optional[bool] = default_of(VolumeRenderer, "deferred_backprop")
+    defer_above: float = default_of(VolumeRenderer, "defer_above")
