@@ -83,7 +83,7 @@ def plain(batch: dict) -> dict:
 class One2345Module(ReconstructionModule):
     # mesh, prediction and single-image settings: chosen per run, not part of the trained model (lightning_modules.base)
     RUNTIME = (*ReconstructionModule.RUNTIME, "zero123_weights", "zero123_steps", "zero123_guidance_scale",
-               "zero123_dtype", "elevation_deg", "source_size")
+               "zero123_dtype", "elevation_deg", "source_size", "max_nonfinite_steps")
     net: One2345
 
     def __init__(self,
@@ -99,6 +99,7 @@ class One2345Module(ReconstructionModule):
                  # optimisation
                  lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0,
                  lr_decay_steps: int = 100_000, lr_decay_gamma: float = 0.5, seed: int = 0,
+                 max_nonfinite_steps: int = 10,  # NaN/inf steps in a row (each skipped) that stop the run
                  # meshes and prediction (run-time settings, kept out of the checkpoint's hparams)
                  mesh_resolution: int = 256, mesh_format: str = "glb", predict_dir: str = "predictions",
                  zero123_weights: Optional[str] = None, zero123_steps: int = 50,
