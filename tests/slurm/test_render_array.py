@@ -16,8 +16,9 @@ import tarfile
 from collections import Counter, defaultdict
 
 import pytest
+import yaml
 
-from configs import ROOT
+from configs import RENDER_DIR, ROOT
 from render_farm import synthetic as assets
 from render_farm.tasks import task_of
 
@@ -75,10 +76,15 @@ def test_render_array_matches_a_single_process_run(slurm_cluster, asset_dir, sin
     logs.mkdir()
     site_env = tmp_path / "site.env"  # the script's site settings: this repository's venv, one CPU per worker
     site_env.write_text(f"LIFT3D_VENV={os.path.join(ROOT, '.venv')}\nLIFT3D_CPUS_PER_WORKER=1\n")
+    # One Cycles thread per worker: the test cluster binds no CPUs (task/none), so a task sees every core and the
+    # farm's default (cores / workers) would give each of the two tasks' workers all of them.
+    config = tmp_path / "render.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load((RENDER_DIR / "default.yaml").read_text()),
+                                      "threads_per_worker": 1}))
     job = slurm_cluster.sbatch(
         ["--array=0-1", "--cpus-per-task=1", "--mem=2G", "--time=10", f"--output={logs}/render-%A_%a.out",
          f"--chdir={tmp_path}"],
-        SCRIPT, "--glb-dir", asset_dir, "--out", str(out), *TINY,
+        SCRIPT, "--glb-dir", asset_dir, "--out", str(out), "--config", str(config), *TINY,
         env={"LIFT3D_SITE_ENV": str(site_env)})
     results = slurm_cluster.wait_array(job, [0, 1], timeout=150)
     if os.environ.get("LIFT3D_SHOW_SLURM_OUTPUT"):
