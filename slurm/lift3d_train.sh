@@ -21,12 +21,8 @@ train_run() {
         shift
     fi
     name="$(basename "$config" .yaml)"  # the run is named after its experiment
-    if [[ "$config" != /* ]]; then  # relative to where the job was submitted, else to the repository
-        if [[ -f "${SLURM_SUBMIT_DIR:-$PWD}/$config" ]]; then
-            config="${SLURM_SUBMIT_DIR:-$PWD}/$config"
-        else
-            config="$LIFT3D_ROOT/$config"
-        fi
+    if [[ "$config" != /* ]]; then  # not under the submit directory (lift3d_user_args): the repository's
+        config="$LIFT3D_ROOT/$config"
     fi
     [[ -f "$config" ]] || { echo "train: no experiment config $config (pass --config FILE first)" >&2; exit 2; }
     name="${LIFT3D_RUN_NAME:-$name}"
@@ -36,9 +32,11 @@ train_run() {
     if [[ -n "${LIFT3D_DATA:-}" ]]; then
         args+=(--data.init_args.train_shards "$LIFT3D_DATA/$shards")
     fi
-    args+=("$@")
+    args+=(${1+"$@"})
 
-    cd "$LIFT3D_ROOT"  # relative paths inside the configs (data/..., configs/...) are the repository's
+    # Relative paths inside the configs (data/..., configs/...) are the repository's; the user's arguments were
+    # resolved against the submit directory before (lift3d_user_args in lift3d_env.sh).
+    cd "$LIFT3D_ROOT"
     mkdir -p "$run_dir"
     echo "train: host $(hostname) job ${SLURM_JOB_ID:-local} restart ${SLURM_RESTART_COUNT:-0}" \
          "nodes ${SLURM_JOB_NUM_NODES:-1} tasks ${SLURM_NTASKS:-1} (${SLURM_TASKS_PER_NODE:-1} per node)" \

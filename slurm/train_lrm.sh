@@ -32,16 +32,30 @@
 #SBATCH --output=logs/train-lrm-%j.out
 set -euo pipefail
 
-# --- find the repository: sbatch runs a spooled copy of this script, so $0 does not point into it
-for here in "${LIFT3D_ROOT:+$LIFT3D_ROOT/slurm}" \
-        "$(dirname "$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)")" \
-        "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-$PWD}/slurm"; do
-    [[ -f "$here/lift3d_env.sh" ]] && break
+# --- find the repository (sbatch runs a spooled copy of this script, so $0 does not point into it): LIFT3D_ROOT from
+# the environment you submit from, else the submitted script's path, else the submit directory. site.env is read only
+# after this, from the repository found here, so it cannot set LIFT3D_ROOT.
+submitted=$(scontrol show job "${SLURM_JOB_ID:-none}" 2>/dev/null | sed -n 's/^ *Command=//p' | head -n 1) || true
+while [[ -n "$submitted" && ! -f "$submitted" ]]; do  # a path may hold spaces; Command= may end with the arguments
+    if [[ "$submitted" == *" "* ]]; then submitted="${submitted% *}"; else submitted=""; fi
 done
-[[ -f "$here/lift3d_env.sh" ]] || { echo "$(basename "$0"): cannot find the lift3d repository; set LIFT3D_ROOT" >&2; exit 2; }
+if [[ -n "${LIFT3D_ROOT:-}" ]]; then
+    here="$LIFT3D_ROOT/slurm"
+else
+    for here in "${submitted:+$(dirname "$submitted")}" "$(dirname "${BASH_SOURCE[0]}")" \
+                "${SLURM_SUBMIT_DIR:-$PWD}/slurm"; do
+        [[ -f "$here/lift3d_env.sh" ]] && break
+    done
+fi
+if [[ ! -f "$here/lift3d_env.sh" ]]; then
+    echo "$(basename "$0"): cannot find the lift3d repository (LIFT3D_ROOT=${LIFT3D_ROOT:-<unset>}); export" \
+         "LIFT3D_ROOT=<the repository, which holds slurm/lift3d_env.sh> in the shell you run sbatch from" >&2
+    exit 2
+fi
 # shellcheck disable=SC1091
 source "$here/lift3d_env.sh"    # LIFT3D_ROOT, site settings, modules, the venv, ${lift3d[@]}
 # shellcheck disable=SC1091
 source "$here/lift3d_train.sh"  # train_run
 
-train_run configs/experiments/lrm_paper.yaml shards/objaverse "$@"
+lift3d_user_args "$@"  # user_args: the arguments, their relative paths the submit directory's
+train_run configs/experiments/lrm_paper.yaml shards/objaverse ${user_args[@]+"${user_args[@]}"}
