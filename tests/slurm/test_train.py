@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import time
@@ -22,7 +23,10 @@ from lightning_modules.launch.cluster import checkpoint_step
 from tests.slurm.cluster import SlurmError
 from tests.wandb_records import config_keys, run_records
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(360)]
+# Idle (2-core CI machine, estimated from the runs below): the slowest test is the time-limit one, ~170 s (first step
+# ~20 s, a 3-minute limit signals ~100-130 s in, the requeued run starts ~30 s later); at load 11 on 2 cores
+# (2026-12-05) the reference job took 203 s and the pre-emption test 379 s. Hang guard: 4 × 170 s.
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(720)]
 
 SCRIPT = os.path.join(ROOT, "slurm", "train_lrm.sh")
 STEPS = 40
@@ -46,7 +50,8 @@ def submit(cluster, tmp_path, shards, sbatch=(), **kw) -> tuple[str, str, str]:
     out = tmp_path / "train-%j.out"
     job = cluster.sbatch(["--nodes=1", "--ntasks-per-node=2", "--gres=none", "--cpus-per-task=1", "--mem=4G",
                           "--time=10", f"--output={out}", f"--chdir={tmp_path}", *sbatch],
-                         SCRIPT, *cpu_args(shards, **kw), env={"LIFT3D_SITE_ENV": str(site_env)})
+                         SCRIPT, *cpu_args(shards, **kw),
+                         env={"LIFT3D_SITE_ENV": str(site_env), "OMP_NUM_THREADS": "1"})  # 1 CPU, 1 thread per rank
     return job, str(out).replace("%j", job), str(tmp_path / "runs" / "lrm_tiny")
 
 
@@ -162,16 +167,30 @@ def test_preempted_job_requeues_and_resumes_where_it_stopped(slurm_cluster, lrm_
     assert checkpoint_step(os.path.join(run_dir, "checkpoints", "last.ckpt")) == STEPS
 
 
+def minutes(run_time: str) -> float:
+    """Slurm's ``RunTime`` ([D-]HH:MM:SS or MM:SS) in minutes."""
+    days, _, clock = run_time.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    h, m, sec = ([0] * (3 - len(parts)) + parts)[-3:]
+    return (int(days or 0) * 24 + h) * 60 + m + sec / 60
+
+
 def test_sbatch_signal_before_the_time_limit_preempts_and_requeues(slurm_cluster, lrm_shards, tmp_path):
-    """``--signal=USR1@80`` with a 2-minute limit: Slurm itself signals ~40 s in (its timer runs every few tens of
-    seconds, so up to ~80 s in; the margin leaves time to checkpoint); the run checkpoints, requeues and the next
-    start resumes at the saved step (then the test cancels it: it would be signalled again)."""
-    job, out, run_dir = submit(slurm_cluster, tmp_path, lrm_shards["dir"], sbatch=["--time=2", "--signal=USR1@80"],
+    """``--signal=USR1@80``: Slurm itself signals 80 s before the time limit (its timer runs every few tens of seconds;
+    the margin leaves time to checkpoint); the run checkpoints, requeues and the next start resumes at the saved step
+    (then the test cancels it: it would be signalled again). The limit is set to 2 minutes past the run time once the
+    run trains (``scontrol update TimeLimit``), so a slow start on a busy machine cannot use up the time before the
+    signal: the signal comes 40–70 s into training, whatever the start cost."""
+    job, out, run_dir = submit(slurm_cluster, tmp_path, lrm_shards["dir"], sbatch=["--time=30", "--signal=USR1@80"],
                                steps=100000)
     try:
-        release_requeued(slurm_cluster, job, timeout=200)
+        wait_for(lambda: os.path.exists(out) and 1 in step_losses(read(out)), "the first training step",
+                 slurm_cluster, timeout=300)
+        limit = math.ceil(minutes(job_field(slurm_cluster, job, "RunTime"))) + 2
+        slurm_cluster.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={limit}"])
+        release_requeued(slurm_cluster, job, timeout=300)
         wait_for(lambda: "fit starts at step" in read(out).partition(f"job {job} restart 1 ")[2],
-                 "the requeued run to start training", slurm_cluster)
+                 "the requeued run to start training", slurm_cluster, timeout=300)
     finally:
         slurm_cluster.run(["scancel", job], check=False)
     first, _, second = read(out).partition(f"job {job} restart 1 ")
