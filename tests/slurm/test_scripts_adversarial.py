@@ -15,8 +15,8 @@ Slurm); the others submit them to the local cluster (tests/slurm/cluster.py).
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import re
 import shlex
 import shutil
@@ -184,7 +184,7 @@ def test_relative_paths_in_arguments_and_settings_are_the_submit_directorys(tmp_
 
 # --- on the local SLURM cluster ------------------------------------------------------------------------------------
 
-def copy_repository(dest) -> "os.PathLike":
+def copy_repository(dest):
     """The repository's tracked files (as they are in the working tree) under ``dest``, without links."""
     files = subprocess.run(["git", "-C", ROOT, "ls-files", "-z"], capture_output=True, text=True,
                            check=True).stdout.split("\0")
