@@ -73,7 +73,7 @@ class SourceViews:
 
 
 class One2345Views:
-    """Makes :class:`SourceViews` of an image with a Zero123 pipeline (``render_farm.zero123.Zero123Pipeline``)."""
+    """Makes :class:`SourceViews` of an image with a Zero123 pipeline (``networks.zero123.Zero123Pipeline``)."""
 
     def __init__(self, zero123, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
                  source_size: int = 256, elevation_deg: Optional[float] = None, radius: float = ONE2345_RADIUS,
