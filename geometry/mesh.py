@@ -273,7 +273,8 @@ def _nn_distances(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def chamfer_distance(a, b) -> float:
-    """Symmetric Chamfer distance (L2, not squared): ``0.5 · (mean_{p∈a} min_{q∈b} ‖p−q‖ + mean_{q∈b} min_{p∈a} ‖p−q‖)``."""
+    """Symmetric Chamfer distance (L2, not squared):
+    ``0.5 · (mean_{p∈a} min_{q∈b} ‖p−q‖ + mean_{q∈b} min_{p∈a} ‖p−q‖)``."""
     d_ab, d_ba = _nn_distances(a, b)
     return float(0.5 * (d_ab.mean() + d_ba.mean()))
 
