@@ -55,7 +55,8 @@ def import_asset(path: str, allow_missing_textures: bool = False, warnings: list
         else:
             result = bpy.ops.import_scene.fbx(filepath=path)
     except Exception as exc:  # Blender's importers raise RuntimeError with the importer's own message
-        raise AssetError(f"import failed for {path}: {str(exc).strip().splitlines()[-1] if str(exc) else exc!r}") from None
+        reason = str(exc).strip().splitlines()[-1] if str(exc) else repr(exc)
+        raise AssetError(f"import failed for {path}: {reason}") from None
     if "FINISHED" not in result:
         raise AssetError(f"import of {path} returned {sorted(result)}")
     return [o for o in bpy.data.objects if o not in before]

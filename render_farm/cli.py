@@ -3,7 +3,8 @@
     lift3d-render objaverse --uids-file uids.txt --out data/shards/objaverse --rig lrm32 [--resolution 512 ...]
     lift3d-render objaverse --glb-dir path/to/assets --out data/shards/local --rig lrm32
     lift3d-render mvimgnet  --root /data/mvimgnet --out data/shards/mvimgnet
-    lift3d-render zero123   --shards 'data/shards/objaverse/*.tar' --weights /models/zero123-xl --out data/shards/one2345
+    lift3d-render zero123   --shards 'data/shards/objaverse/*.tar' --weights /models/zero123-xl \\
+                            --out data/shards/one2345
     lift3d-render index     --out data/shards/objaverse      # rebuild index.json from the shards on disk
 
 A user error (bad settings, a missing or empty input, an --out rendered with other settings, a corrupt index) is one

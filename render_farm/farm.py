@@ -44,8 +44,8 @@ class TaskSummary:
 
     def line(self) -> str:
         return (f"task {self.task}/{self.count}: {self.ok} ok, {self.failed} failed, {self.already_done} already done "
-                f"of {self.assigned} objects; {self.views} views in {self.seconds:.1f}s = {self.views_per_s:.2f} views/s;"
-                f" peak worker memory {self.worker_maxrss_mb:.0f} MB")
+                f"of {self.assigned} objects; {self.views} views in {self.seconds:.1f}s = "
+                f"{self.views_per_s:.2f} views/s; peak worker memory {self.worker_maxrss_mb:.0f} MB")
 
 
 class AssetSelectionError(ValueError):
@@ -78,8 +78,8 @@ def render_task(source, out_dir: str, cfg: RenderConfig, task: int = 0, count: i
                 progress: bool = True, allow_settings_change: bool = False) -> TaskSummary:
     """Renders this task's slice. Raises before rendering anything: ``RenderSettingsError`` (bad settings),
     :class:`AssetSelectionError` (nothing selected, or the selection is unusable), ``SettingsMismatchError``
-    (``out_dir`` holds samples made with other settings, unless ``allow_settings_change``). An OSError while a shard is written (disk full) ends the task with the open shard
-    cut back to its last complete sample: rerunning resumes."""
+    (``out_dir`` holds samples made with other settings, unless ``allow_settings_change``). An OSError while a shard
+    is written (disk full) ends the task with the open shard cut back to its last complete sample: rerunning resumes."""
     cfg.validate()
     try:
         selected = source.assets()

@@ -16,7 +16,8 @@ T = TypeVar("T")
 
 
 def resolve_task(rank: int | None = None, world_size: int | None = None, env=os.environ) -> tuple[int, int]:
-    """(task, count): explicit arguments win, then SLURM_ARRAY_TASK_ID/COUNT (minus the array's minimum id), else (0, 1)."""
+    """(task, count): explicit arguments win, then SLURM_ARRAY_TASK_ID/COUNT (minus the array's minimum id), else
+    (0, 1)."""
     if rank is None and world_size is None and "SLURM_ARRAY_TASK_ID" in env:
         task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
         count = int(env.get("SLURM_ARRAY_TASK_COUNT", 1))

@@ -194,7 +194,8 @@ class WorkerPool:
         self.workers[self.workers.index(w)] = self._start(w.slot)
 
     def run(self, jobs):
-        """Yield ``(job, status, payload)``: ("ok", result) or ("failed", (reason, log excerpt)), in completion order."""
+        """Yield ``(job, status, payload)``: ("ok", result) or ("failed", (reason, log excerpt)), in completion
+        order."""
         pending = iter(jobs)
         exhausted = False
         if not self.workers:

@@ -37,11 +37,30 @@ import numpy as np
 
 from geometry.cameras import zero123_relative_camera
 from geometry.image import resize
-from lightning_modules.networks.zero123 import (WeightsError, Zero123Pipeline, check_weights_dir, resolve_device,
-                                                zero123_condition)
-from render_farm.shards import (CAMERAS, MAX_VIEWS, META, CorruptSampleError, ShardWriter, TarScanError,
-                                check_views, decode_rgba, encode_cameras, encode_png, read_header, resolve_shards,
-                                sample_key, scan_samples, view_member)
+from lightning_modules.networks.zero123 import (
+    WeightsError,
+    Zero123Pipeline,
+    check_weights_dir,
+    resolve_device,
+    zero123_condition,
+)
+from render_farm.shards import (
+    CAMERAS,
+    MAX_VIEWS,
+    META,
+    CorruptSampleError,
+    ShardWriter,
+    TarScanError,
+    check_views,
+    decode_rgba,
+    encode_cameras,
+    encode_png,
+    read_header,
+    resolve_shards,
+    sample_key,
+    scan_samples,
+    view_member,
+)
 from render_farm.tasks import report_task, resolve_task, round_robin
 
 PRED_ROLE = "zero123_pred"

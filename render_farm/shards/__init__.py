@@ -18,15 +18,53 @@ evaluation, the demo) imports the format from here; docs/DESIGN.md "Shard format
 Imports point one way: this package needs numpy and OpenCV, never torch, Lightning or ``datamodules``.
 """
 
-from render_farm.shards.read import (KINDS, CorruptSampleError, check_views, decode_bgra, decode_depth,
-                                     decode_depth_raw, decode_normal, decode_rgba, read_cameras, read_header,
-                                     read_meta, sample_key, view_roles)
-from render_farm.shards.spec import (CAMERAS, FORMAT, KEY_RE, MAX_VIEWS, META, VIEW_KINDS, check_key,
-                                     safe_output_path, sanitise_key, view_member)
-from render_farm.shards.tar_index import (LazySample, ShardIndexError, TarScanError, index_counts, read_index,
-                                         resolve_shards, scan_samples)
-from render_farm.shards.write import (SettingsMismatchError, ShardWriter, TaskPaths, check_settings, count_samples,
-                                      encode_cameras, encode_png, encode_sample, update_index)
+from render_farm.shards.read import (
+    KINDS,
+    CorruptSampleError,
+    check_views,
+    decode_bgra,
+    decode_depth,
+    decode_depth_raw,
+    decode_normal,
+    decode_rgba,
+    read_cameras,
+    read_header,
+    read_meta,
+    sample_key,
+    view_roles,
+)
+from render_farm.shards.spec import (
+    CAMERAS,
+    FORMAT,
+    KEY_RE,
+    MAX_VIEWS,
+    META,
+    VIEW_KINDS,
+    check_key,
+    safe_output_path,
+    sanitise_key,
+    view_member,
+)
+from render_farm.shards.tar_index import (
+    LazySample,
+    ShardIndexError,
+    TarScanError,
+    index_counts,
+    read_index,
+    resolve_shards,
+    scan_samples,
+)
+from render_farm.shards.write import (
+    SettingsMismatchError,
+    ShardWriter,
+    TaskPaths,
+    check_settings,
+    count_samples,
+    encode_cameras,
+    encode_png,
+    encode_sample,
+    update_index,
+)
 
 __all__ = [
     "CAMERAS", "FORMAT", "KEY_RE", "KINDS", "MAX_VIEWS", "META", "VIEW_KINDS", "CorruptSampleError", "LazySample",
