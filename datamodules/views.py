@@ -48,8 +48,16 @@ from torch.utils.data import default_collate, get_worker_info
 
 from geometry.cameras import crop_intrinsics, scale_intrinsics
 from geometry.image import resize, resize_nearest
-from render_farm.shards import (META, CorruptSampleError, check_views, decode_bgra, decode_depth_raw, read_header,
-                                sample_key, view_member)
+from render_farm.shards import (
+    META,
+    CorruptSampleError,
+    check_views,
+    decode_bgra,
+    decode_depth_raw,
+    read_header,
+    sample_key,
+    view_member,
+)
 
 BACKGROUNDS = ("white", "black", "random")
 
