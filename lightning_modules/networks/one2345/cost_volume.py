@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from geometry.mesh import grid_points
 from geometry import rays
+from geometry.mesh import grid_points
 
 
 def voxel_grid(resolution: int = 96, bound: float = 1.0, device=None) -> torch.Tensor:

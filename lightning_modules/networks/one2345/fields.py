@@ -108,30 +108,30 @@ class SDFNetwork(nn.Module):
         self.d_in, self.skip = d_in, num_layers // 2
         dims = [d_in] + [hidden] * num_layers + [1 + feature_dim]
         layers = []
-        for l in range(num_layers + 1):
-            fan_in = dims[l]
-            fan_out = dims[l + 1] - d_in if l + 1 == self.skip else dims[l + 1]
+        for i in range(num_layers + 1):
+            fan_in = dims[i]
+            fan_out = dims[i + 1] - d_in if i + 1 == self.skip else dims[i + 1]
             lin = nn.Linear(fan_in, fan_out)
-            self._geometric_init(lin, l, num_layers, d_in)
+            self._geometric_init(lin, i, num_layers, d_in)
             layers.append(weight_norm(lin))  # g = |v| per row at registration, so the init is kept
         self.layers = nn.ModuleList(layers)
         self.activation = nn.Softplus(beta=100)
 
     @torch.no_grad()
-    def _geometric_init(self, lin: nn.Linear, l: int, num_layers: int, d_in: int) -> None:
+    def _geometric_init(self, lin: nn.Linear, i: int, num_layers: int, d_in: int) -> None:
         """SAL / NeuS geometric initialisation: hidden layers N(0, 2/fan_out) on the raw position only (encoding and
         geometry columns zero), biases 0; the last layer's SDF row N(√π/√fan_in, 1e-4) with bias −radius. The
         feature rows of the last layer get N(0, 2/fan_in), bias 0 (they do not touch the SDF)."""
         nn.init.zeros_(lin.bias)
-        if l == num_layers:  # output layer: row 0 is the SDF
+        if i == num_layers:  # output layer: row 0 is the SDF
             nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0 / lin.in_features))
             nn.init.normal_(lin.weight[:1], math.sqrt(math.pi) / math.sqrt(lin.in_features), 1e-4)
             lin.bias[0] = -self.radius
             return
         nn.init.normal_(lin.weight, 0.0, math.sqrt(2.0) / math.sqrt(lin.out_features))
-        if l == 0:
+        if i == 0:
             lin.weight[:, 3:] = 0.0  # only xyz (the encoding's first 3 columns) at init
-        elif l == self.skip:
+        elif i == self.skip:
             lin.weight[:, -(d_in - 3):] = 0.0  # the concatenated input [xyz, enc, geo]: only xyz at init
 
     def forward(self, points: torch.Tensor, geo_features: torch.Tensor | None = None
@@ -146,11 +146,11 @@ class SDFNetwork(nn.Module):
                              f"points {tuple(points.shape)}, got {tuple(geo_features.shape)}")
         x0 = torch.cat([self.encoding(points), geo_features.to(points.dtype)], dim=-1)  # (B, N, D_in)
         x = x0
-        for l, lin in enumerate(self.layers):
-            if l == self.skip:
+        for i, lin in enumerate(self.layers):
+            if i == self.skip:
                 x = torch.cat([x, x0], dim=-1) / math.sqrt(2.0)  # (B, N, hidden)
             x = lin(x)
-            if l < len(self.layers) - 1:
+            if i < len(self.layers) - 1:
                 x = self.activation(x)
         return x[..., 0], x[..., 1:]  # (B, N), (B, N, Fh)
 

@@ -32,8 +32,9 @@ Design notes:
   errors of ~0.1 on outputs of ~1, in a few of every 30 identical calls; exact with one thread, and float64 was
   exact in the runs tried). Not yet pinned down to one kernel: gather_cpu, scatter_add_cpu and torch.mm were each
   exact in isolation, and copying their inputs made the error vanish — a race or buffer-lifetime problem inside
-  spconv's CPU path, by the look of it. Until it is understood, CPU runs must use one thread (``torch.set_num_threads(1)`` or
-  ``OMP_NUM_THREADS=1``); :meth:`SparseGeometryNet.forward` warns once on CPU otherwise. Not checked on CUDA (no GPU here).
+  spconv's CPU path, by the look of it. Until it is understood, CPU runs must use one thread
+  (``torch.set_num_threads(1)`` or ``OMP_NUM_THREADS=1``); :meth:`SparseGeometryNet.forward` warns once on CPU
+  otherwise. Not checked on CUDA (no GPU here).
 
 Dense layout of :func:`to_dense`: (B, F, R, R, R) indexed [b, :, i, j, k], voxel (i, j, k) at world
 (x_i, y_j, z_k) (cost_volume.py's corner grid). ``F.grid_sample`` reads its grid's last axis as (W, H, D) =

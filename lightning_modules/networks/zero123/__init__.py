@@ -7,8 +7,15 @@
 """
 
 from lightning_modules.networks.zero123.cc_projection import CCProjection
-from lightning_modules.networks.zero123.pipeline import (COMPONENTS, DTYPES, WeightsError, Zero123Pipeline,
-                                                         check_weights_dir, resolve_device, zero123_condition)
+from lightning_modules.networks.zero123.pipeline import (
+    COMPONENTS,
+    DTYPES,
+    WeightsError,
+    Zero123Pipeline,
+    check_weights_dir,
+    resolve_device,
+    zero123_condition,
+)
 
 __all__ = ["COMPONENTS", "DTYPES", "CCProjection", "WeightsError", "Zero123Pipeline", "check_weights_dir",
            "resolve_device", "zero123_condition"]
