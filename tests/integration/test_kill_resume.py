@@ -84,8 +84,8 @@ def test_sigkill_mid_run_then_resume_gives_every_object_exactly_once(tmp_path):
     keys = _shard_keys(out)
     assert sorted(keys) == sorted(uids) and len(keys) == N_OBJECTS  # every object, exactly once
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no partial shard left
-    done = [json.loads(l)["key"] for l in (out / "_state" / "task-00000.done.jsonl").read_text().splitlines()
-            if l.strip().endswith("}")]
+    done = [json.loads(line)["key"] for line in (out / "_state" / "task-00000.done.jsonl").read_text().splitlines()
+            if line.strip().endswith("}")]
     assert set(done) >= uids
     index = json.loads((out / "index.json").read_text())
     assert index["total_samples"] == N_OBJECTS

@@ -49,7 +49,7 @@ def test_valid_assets_render_and_broken_ones_are_recorded(rendered):
     valid = {u for u, a in rendered["assets"].items() if a.valid}
     broken = {u for u, a in rendered["assets"].items() if not a.valid}
     assert set(samples) == valid
-    failures = [json.loads(l) for l in open(rendered["out"] / "_state" / "task-00000.failures.jsonl")]
+    failures = [json.loads(line) for line in open(rendered["out"] / "_state" / "task-00000.failures.jsonl")]
     reasons = {f["key"]: f["reason"] for f in failures}
     assert set(reasons) == broken
     assert "empty file" in reasons["empty"]

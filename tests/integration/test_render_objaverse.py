@@ -29,6 +29,6 @@ def test_uids_file_with_licence_filter_renders_cached_objects_and_records_the_re
     for uid, meta in samples.items():
         assert meta["source"] == "objaverse" and meta["licence"] == OBJECTS[uid][0]
         assert meta["source_metadata"]["name"] == OBJECTS[uid][1]
-    failures = [json.loads(l) for l in open(out / "_state" / "task-00000.failures.jsonl")]
+    failures = [json.loads(line) for line in open(out / "_state" / "task-00000.failures.jsonl")]
     assert {f["key"] for f in failures} == allowed - cached  # listed but not in the cache, and offline
     assert f"{len(cached)} ok, {len(allowed - cached)} failed" in proc.stdout

@@ -107,7 +107,8 @@ def test_training_lrm_tiny_skips_a_bad_camera_sample_and_counts_it(tmp_path):
     counted."""
     c2w, K, hw = _faulty("zero_K", view=0)
     K[:] = 0.0  # every view: whichever the sampler picks
-    write_shards(tmp_path / "shards", n_shards=1, per_shard=3, corrupt={"obj001": {CAMERAS: encode_cameras(c2w, K, hw)}})
+    write_shards(tmp_path / "shards", n_shards=1, per_shard=3,
+                 corrupt={"obj001": {CAMERAS: encode_cameras(c2w, K, hw)}})
     dm = ShardDataModule(str(tmp_path / "shards"), batch_size=1, num_workers=0, shuffle_buffer=0, resampled=False,
                          num_target_views=2, include_input_in_targets=True, input_size=64, target_size=32,
                          background="white")

@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 
 from datamodules.views import ViewSampler, select_views
-from render_farm.shards import (CorruptSampleError, decode_depth, decode_depth_raw, decode_normal, decode_rgba,
-                                encode_sample, read_cameras, read_meta, view_roles)
+from render_farm.shards import (
+    CorruptSampleError,
+    decode_depth,
+    decode_depth_raw,
+    decode_normal,
+    decode_rgba,
+    encode_sample,
+    read_cameras,
+    read_meta,
+    view_roles,
+)
 from tests.unit.datamodules.conftest import DEPTH_SCALE, make_object, make_sample
 
 

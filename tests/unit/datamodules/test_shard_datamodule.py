@@ -5,9 +5,8 @@ import tarfile
 import pytest
 import torch
 
-from datamodules.views import finalize
 from datamodules.shard_datamodule import ShardDataModule, ShardDataset, resolve_shards
-from datamodules.views import ViewSampler
+from datamodules.views import ViewSampler, finalize
 from render_farm.shards import KINDS
 from tests.unit.datamodules.conftest import write_shards
 

@@ -2,12 +2,27 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.views import (ViewSampler, collate, crop_view, finalize, premultiply, resize_view, select_views,
-                              unpremultiply)
+from datamodules.views import (
+    ViewSampler,
+    collate,
+    crop_view,
+    finalize,
+    premultiply,
+    resize_view,
+    select_views,
+    unpremultiply,
+)
 from geometry.cameras import project_points
 from render_farm.shards import CorruptSampleError
-from tests.unit.datamodules.conftest import (DEPTH_SCALE, HALF_PIXEL, HALF_RGBA, MARKER, make_object, make_sample,
-                                             plane_depth)
+from tests.unit.datamodules.conftest import (
+    DEPTH_SCALE,
+    HALF_PIXEL,
+    HALF_RGBA,
+    MARKER,
+    make_object,
+    make_sample,
+    plane_depth,
+)
 
 
 def _over(bgra: np.ndarray, bg) -> np.ndarray:

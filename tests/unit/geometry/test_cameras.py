@@ -3,10 +3,23 @@ import math
 import numpy as np
 import pytest
 
-from geometry.cameras import (GL_TO_CV, backproject_depth, crop_intrinsics, fov_from_intrinsics,
-                              intrinsics_from_blender, intrinsics_from_fov, invert_rigid, look_at, opencv_to_opengl,
-                              opengl_to_opencv, project_points, scale_intrinsics, spherical_c2w, spherical_cameras,
-                              spherical_to_cartesian)
+from geometry.cameras import (
+    GL_TO_CV,
+    backproject_depth,
+    crop_intrinsics,
+    fov_from_intrinsics,
+    intrinsics_from_blender,
+    intrinsics_from_fov,
+    invert_rigid,
+    look_at,
+    opencv_to_opengl,
+    opengl_to_opencv,
+    project_points,
+    scale_intrinsics,
+    spherical_c2w,
+    spherical_cameras,
+    spherical_to_cartesian,
+)
 
 
 @pytest.mark.parametrize("eye", [(0, -3, 0), (2, 1, 1.5), (0.1, 0.0, 4.0), (0, 0, -2.5)])

@@ -13,8 +13,8 @@ import trimesh
 from PIL import Image, ImageSequence
 
 from geometry.cameras import intrinsics_from_fov, invert_rigid, look_at, project_points
-from geometry.mesh import marching_cubes, query_grid
 from geometry.image import write_turntable
+from geometry.mesh import marching_cubes, query_grid
 from geometry.raster import (
     framing,
     render_mesh,

@@ -5,8 +5,17 @@ import pytest
 import torch
 
 from geometry.cameras import look_at, project_points, spherical_to_cartesian
-from geometry.rays import (camera_rays, canonical_c2w, canonical_to_world, canonicalize_cameras, invert_rigid,
-                           pixel_centres, project, ray_box, world_to_canonical)
+from geometry.rays import (
+    camera_rays,
+    canonical_c2w,
+    canonical_to_world,
+    canonicalize_cameras,
+    invert_rigid,
+    pixel_centres,
+    project,
+    ray_box,
+    world_to_canonical,
+)
 from geometry.rigs import lrm32
 
 

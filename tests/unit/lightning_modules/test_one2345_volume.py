@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from geometry.cameras import intrinsics_from_fov, look_at, project_points, spherical_to_cartesian
-from lightning_modules.networks.one2345.cost_volume import CostVolume, SparseVolume, aggregate, project
-from lightning_modules.networks.one2345.cost_volume import sample_features, voxel_grid
+from lightning_modules.networks.one2345.cost_volume import (
+    CostVolume,
+    SparseVolume,
+    aggregate,
+    project,
+    sample_features,
+    voxel_grid,
+)
 from lightning_modules.networks.one2345.features import FeatureFPN
 
 

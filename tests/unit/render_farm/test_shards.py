@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from render_farm.shards import (CorruptSampleError, ShardWriter, check_key, count_samples, encode_sample, read_header,
-                                sanitise_key, scan_samples, update_index)
+from render_farm.shards import (
+    CorruptSampleError,
+    ShardWriter,
+    check_key,
+    count_samples,
+    encode_sample,
+    read_header,
+    sanitise_key,
+    scan_samples,
+    update_index,
+)
 
 
 def _sample(key, n_views=2, size=8):

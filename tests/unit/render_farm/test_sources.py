@@ -9,8 +9,8 @@ fast without network (DNS error) or with a 404 where the hub is reachable.
 from __future__ import annotations
 
 import gzip
-import json
 import hashlib
+import json
 import os
 import re
 import time
@@ -18,6 +18,7 @@ import time
 import objaverse
 import pytest
 
+from render_farm import synthetic as gen
 from render_farm.sources import (
     Asset,
     LocalDirSource,
@@ -25,7 +26,6 @@ from render_farm.sources import (
     ObjaverseSource,
     read_uids_file,
 )
-from render_farm import synthetic as gen
 
 KEY_RE = r"^[A-Za-z0-9_-]+$"
 

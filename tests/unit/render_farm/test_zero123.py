@@ -241,6 +241,7 @@ def test_cli_parses_the_documented_command():
 
     a = build_parser().parse_args(["zero123", "--shards", "data/shards/objaverse/*.tar", "--weights",
                                    "/models/zero123-xl", "--out", "data/shards/one2345"])
-    assert (a.shards, a.weights, a.out) == (["data/shards/objaverse/*.tar"], "/models/zero123-xl", "data/shards/one2345")
+    assert (a.shards, a.weights, a.out) == (["data/shards/objaverse/*.tar"], "/models/zero123-xl",
+                                            "data/shards/one2345")
     assert (a.steps, a.guidance_scale, a.eta, a.batch_size, a.seed, a.device, a.dtype) == (
         50, 3.0, 1.0, 32, 0, "auto", "float32")
