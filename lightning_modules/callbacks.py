@@ -119,20 +119,33 @@ class VisualLogger(L.Callback):
             write_image(os.path.join(self._out_dir(trainer), f"views-step{step:07d}.png"), grid)
 
 
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class ProgressPrinter(L.Callback):
     """Plain progress lines for batch-job logs (where the progress bar is off), rank zero only: where the fit starts
     (step, epoch, world size — a resumed run shows the step it resumed at), then every ``every_n_steps`` steps
     (default: the Trainer's ``log_every_n_steps``) ``lift3d: step S epoch E loss L`` with this rank's loss and the
-    logged throughput."""
+    logged throughput, then ``[S/max_steps, elapsed 1m05s, ETA 3m10s]`` (the ETA from this fit's pace so far; without
+    a ``max_steps`` only the elapsed time)."""
 
     def __init__(self, every_n_steps: Optional[int] = None):
         self.every_n_steps = every_n_steps
+        self._start: Optional[tuple[float, int]] = None  # (time, global step) where this fit's first step began
 
     @rank_zero_only
     def on_train_start(self, trainer, pl_module) -> None:
         print(f"lift3d: fit starts at step {trainer.global_step} epoch {trainer.current_epoch}: world size "
               f"{trainer.world_size} ({trainer.num_nodes} node(s) × {trainer.num_devices} device(s), "
               f"{type(trainer.strategy).__name__}), max_steps {trainer.max_steps}", flush=True)
+        self._start = (time.monotonic(), trainer.global_step)
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -147,7 +160,17 @@ class ProgressPrinter(L.Callback):
         for key in ("perf/samples_per_s", "perf/mfu"):
             if key in trainer.callback_metrics:
                 parts.append(f"{key.split('/')[1]} {float(trainer.callback_metrics[key]):.4g}")
+        parts.append(self._timing(trainer))
         print(" ".join(parts), flush=True)
+
+    def _timing(self, trainer) -> str:
+        """``[S/max_steps, elapsed E, ETA T]``: elapsed since this fit's first step, the ETA at that pace."""
+        start_time, start_step = self._start or (time.monotonic(), trainer.global_step)
+        elapsed, step, total = time.monotonic() - start_time, trainer.global_step, trainer.max_steps
+        if total is None or total < 0:
+            return f"[step {step}, elapsed {format_duration(elapsed)}]"
+        eta = format_duration(elapsed / (step - start_step) * max(0, total - step)) if step > start_step else "?"
+        return f"[{step}/{total}, elapsed {format_duration(elapsed)}, ETA {eta}]"
 
     @rank_zero_only
     def on_train_end(self, trainer, pl_module) -> None:

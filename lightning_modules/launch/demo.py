@@ -25,12 +25,17 @@ import torch
 from PIL import Image
 
 from configs import DATA_DIR, EXPERIMENT_DIR, MODEL_DIR, RENDER_DIR, ROOT, load_block
-from lightning_modules.callbacks import image_grid
+from lightning_modules.callbacks import format_duration, image_grid
 from render_farm import synthetic
 from render_farm.config import load_render_config
 from render_farm.farm import render_task
 from render_farm.shards import read_header, resolve_shards, safe_output_path, sample_key, scan_samples, view_member
 from render_farm.sources import LocalDirSource
+
+
+def took(start: float) -> str:
+    """`` in 12s`` / `` in 3m05s``: a stage's duration, for its closing line."""
+    return f" in {format_duration(time.time() - start)}"
 
 
 def build_datamodule(config_path: str, shards: str):
@@ -70,6 +75,7 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> str:
     print(f"[demo] training lrm_tiny for {steps} steps: lift3d fit --config {os.path.relpath(config, ROOT)}",
           flush=True)
     ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
+    t = time.time()
     resume = [f"--ckpt_path={ckpt}"] if os.path.exists(ckpt) else []  # a second `make demo` continues the run
     lift3d(["fit", "--config", config, *common, *resume, f"--trainer.max_steps={steps}",
             f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
@@ -78,10 +84,14 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> str:
                  "init_args": {"dirpath": f"{run_dir}/checkpoints", "save_last": True, "every_n_train_steps": steps,
                                "enable_version_counter": False}},
                 {"class_path": "lightning_modules.callbacks.ThroughputLogger"},
+                {"class_path": "lightning_modules.callbacks.ProgressPrinter",  # the progress bar is off: lines instead
+                 "init_args": {"every_n_steps": max(1, steps // 20)}},
                 {"class_path": "lightning_modules.callbacks.VisualLogger",
                  "init_args": {"every_n_steps": max(1, steps // 2), "mesh_resolution": 64}}]),
             "--trainer.enable_progress_bar=false",
             f"--trainer.check_val_every_n_epoch={max(1, steps // 2)}"])
+    print(f"[demo] training done{took(t)}: {os.path.relpath(ckpt)}", flush=True)
+    t = time.time()
     inputs = write_source_views(shard_dir, os.path.join(out, "inputs"))
     mesh_dir = os.path.abspath(os.path.join(out, "meshes"))
     print(f"[demo] meshes from {len(inputs)} input images: lift3d predict --ckpt_path {ckpt}", flush=True)
@@ -90,7 +100,7 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> str:
             f"--data.images={os.path.abspath(os.path.join(out, 'inputs'))}", "--data.input_size=64",
             "--data.foreground_ratio=0", f"--model.init_args.predict_dir={mesh_dir}"])
     meshes = sorted(glob.glob(os.path.join(mesh_dir, "*.glb")))
-    print(f"[demo] {len(meshes)} meshes: {', '.join(os.path.relpath(m) for m in meshes)}", flush=True)
+    print(f"[demo] {len(meshes)} meshes{took(t)}: {', '.join(os.path.relpath(m) for m in meshes)}", flush=True)
     return ckpt
 
 
@@ -98,6 +108,7 @@ def evaluate_held_out(ckpt: str, out: str, resolution: int, samples: int, num_wo
     """Held-out objects (a sphere and a box unlike the training renders' cameras: the eval24 rig) → the report."""
     from lightning_modules.launch.cli import main as lift3d
 
+    t = time.time()
     held_out = os.path.join(out, "held_out")
     assets = os.path.join(held_out, "assets")
     os.makedirs(assets, exist_ok=True)
@@ -107,13 +118,15 @@ def evaluate_held_out(ckpt: str, out: str, resolution: int, samples: int, num_wo
                              rig="eval24", rig_options={})
     summary = render_task(LocalDirSource(assets), os.path.join(held_out, "shards"), cfg, num_workers=num_workers,
                           progress=True)
-    print(f"[demo] held-out objects (eval24 rig): {summary.line()}", flush=True)
+    print(f"[demo] held-out objects (eval24 rig){took(t)}: {summary.line()}", flush=True)
+    t = time.time()
     report = os.path.join(out, "evaluation")
     print(f"[demo] lift3d evaluate --ckpt {os.path.relpath(ckpt)} --shards {os.path.relpath(held_out)}/shards",
           flush=True)
     lift3d(["evaluate", "--ckpt", ckpt, "--shards", os.path.join(held_out, "shards"), "--gt-meshes", assets,
             "--out", report, "--model-config", os.path.join(MODEL_DIR, "lrm_tiny.yaml"),
             "--wandb-name", "demo-evaluate"])
+    print(f"[demo] evaluation done{took(t)}: {os.path.relpath(report)}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -129,16 +142,18 @@ def main(argv=None) -> int:
     os.makedirs(asset_dir, exist_ok=True)
     made = [synthetic.textured_box(asset_dir), synthetic.vertex_coloured_sphere(asset_dir),
             synthetic.multi_material(asset_dir), synthetic.truncated_glb(asset_dir)]
-    print(f"[demo] generated {len(made)} assets in {asset_dir} (one deliberately truncated)", flush=True)
+    print(f"[demo] generated {len(made)} assets in {asset_dir} (one deliberately truncated){took(t0)}", flush=True)
+    t = time.time()
 
     cfg = load_render_config(os.path.join(RENDER_DIR, "tiny.yaml"), resolution=args.resolution,
                              samples=args.samples, rig_options={"num_views": 12})
     shard_dir = os.path.join(args.out, "shards")
     summary = render_task(LocalDirSource(asset_dir), shard_dir, cfg, num_workers=args.num_workers, progress=True)
-    print(f"[demo] {summary.line()}", flush=True)
+    print(f"[demo] rendered{took(t)}: {summary.line()}", flush=True)
     for uid, reason in summary.failures:
         print(f"[demo]   recorded failure {uid}: {reason}", flush=True)
 
+    t = time.time()
     dm = build_datamodule(os.path.join(DATA_DIR, "tiny.yaml"), shard_dir)
     dm.setup("fit")
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)  # what a training step receives
@@ -147,11 +162,11 @@ def main(argv=None) -> int:
             print(f"[demo] batch[{k!r}]: {tuple(v.shape)} {v.dtype}", flush=True)
     out_png = os.path.join(args.out, "preview.png")
     preview(batch, out_png)
-    print(f"[demo] preview (input | views | depth) → {out_png}", flush=True)
+    print(f"[demo] preview (input | views | depth){took(t)} → {out_png}", flush=True)
     if args.train_steps:
         ckpt = train_and_predict(shard_dir, args.out, args.train_steps)
         evaluate_held_out(ckpt, args.out, min(args.resolution, 64), args.samples, args.num_workers)
-    print(f"[demo] done in {time.time() - t0:.0f}s; shards in {shard_dir}, index {shard_dir}/index.json", flush=True)
+    print(f"[demo] done{took(t0)}; shards in {shard_dir}, index {shard_dir}/index.json", flush=True)
     return 0
 
 
