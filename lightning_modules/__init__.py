@@ -1,7 +1,9 @@
 """Training, evaluation and launch of lift3d's models, one sub-package per job.
 
 * ``networks/``   plain ``nn.Module``s (LRM, One-2-3-45, Zero123); never import Lightning
-* ``lrm.py``, ``one2345.py``   the two LightningModules (systems), over a shared base
+* ``lrm.py``, ``one2345.py``   the two LightningModules (systems), over ``base.py``'s ReconstructionModule;
+  ``prediction.py`` writes their predictions, ``losses.py``, ``callbacks.py``, ``ema.py`` serve them, and
+  ``one2345_inference.py`` is One-2-3-45's single-image front end
 * ``metrics/``    image and geometry metrics (the only PSNR)
 * ``evaluation/`` ``lift3d evaluate``: reconstruction, scoring, report
 * ``launch/``     the ``lift3d`` CLI, SLURM launch check and pre-emption, signals, DeepSpeed, W&B tracking, the demo
