@@ -38,6 +38,8 @@ class Asset:
     metadata: dict = field(default_factory=dict)
 
     def sha256(self) -> str:
+        if self.path is None:
+            raise ValueError(f"asset {self.uid} from {self.source} has no local file yet: fetch it before hashing it")
         h = hashlib.sha256()
         with open(self.path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -302,7 +304,8 @@ class ObjaverseSource:
         """uid -> LVIS category for the requested categories."""
         with self._api():
             lvis = self._call("LVIS annotations", ["lvis-annotations.json.gz"], objaverse.load_lvis_annotations)
-        unknown = [c for c in self.lvis_categories if c not in lvis]
+        categories = self.lvis_categories or []  # called only when categories were given
+        unknown = [c for c in categories if c not in lvis]
         if unknown:
             hints = []
             for c in unknown[:5]:
@@ -313,7 +316,7 @@ class ObjaverseSource:
                 f"categories are LVIS names such as {', '.join(map(repr, sorted(lvis)[:3]))}"
             )
         selected: dict[str, str] = {}
-        for category in sorted(self.lvis_categories):
+        for category in sorted(categories):
             for uid in lvis[category]:
                 if uid in object_paths:
                     selected.setdefault(uid, category)
@@ -358,7 +361,7 @@ class ObjaverseSource:
 
     def _asset(self, uid: str, ann: dict | None, lvis_category: str | None, licence: str, object_path: str) -> Asset:
         ann = ann or {}
-        user = ann.get("user") if isinstance(ann.get("user"), dict) else {}
+        user = ann["user"] if isinstance(ann.get("user"), dict) else {}
         metadata = {
             "name": ann.get("name"),
             "lvis_category": lvis_category,
@@ -381,7 +384,7 @@ class ObjaverseSource:
         try:
             path = objaverse.load_objects([uid], download_processes=1).get(uid)
         except _NETWORK_ERRORS as exc:
-            tmp = os.path.join(self.versioned_dir, self._object_paths[uid] + ".tmp")
+            tmp = os.path.join(self.versioned_dir, self.object_paths()[uid] + ".tmp")  # memoised by fetch()
             if os.path.exists(tmp):
                 os.remove(tmp)  # objaverse downloads to <file>.tmp and renames; drop the partial file
             return None, f"download failed: {type(exc).__name__}: {exc}"

@@ -70,7 +70,9 @@ def uv_box(extent: float = 1.0) -> trimesh.Trimesh:
     """A box with 4 unshared vertices per face (24 in all) so every face gets the full [0, 1]^2 UV square."""
     h = extent / 2.0
     # per face: the normal's axis and sign, then its two tangent axes
-    verts, faces, uvs = [], [], []
+    verts: list[np.ndarray] = []
+    faces: list[list[int]] = []
+    uvs: list[tuple[int, int]] = []
     for axis in range(3):
         for sign in (1.0, -1.0):
             u_ax, v_ax = [a for a in range(3) if a != axis]

@@ -171,7 +171,10 @@ def predict_object(pipe: Zero123Pipeline, sample, cfg: PassSettings) -> tuple[di
         meta, cams, roles, pairs = _parse_object(sample)
     n = len(roles)
     size = pipe.image_size
-    conds, rel, seeds, targets = {}, [], [], []
+    conds: dict[int, np.ndarray] = {}
+    rel = []  # (elevation, azimuth, radius) per target; an (N, 3) array below
+    seeds: list[int] = []
+    targets: list[tuple[int, int]] = []
     for g, nbrs in pairs:
         if g not in conds:
             with _unreadable():
@@ -185,7 +188,7 @@ def predict_object(pipe: Zero123Pipeline, sample, cfg: PassSettings) -> tuple[di
     preds = pipe(images, zero123_condition(rel[:, 0], rel[:, 1], rel[:, 2]), seeds, cfg.steps, cfg.guidance_scale,
                  cfg.eta, cfg.batch_size)
 
-    out = {"__key__": key}
+    out: dict[str, str | bytes] = {"__key__": key}
     out.update({k: sample[k] for k in sample if not k.startswith("__") and k not in (META, CAMERAS)})  # byte-for-byte
     predictions_of: dict[str, list[int]] = {}
     for j, ((g, v), pred) in enumerate(zip(targets, preds)):

@@ -173,7 +173,9 @@ def scan_samples(url: str) -> Iterator[LazySample]:
     every intact sample before it); a shard missing only its end-of-archive marker yields all its samples first."""
     total = os.path.getsize(url)
     fd = _fd(url)
-    offset, key, members, long_name = 0, None, {}, None
+    key: str | None = None  # the sample being collected, and its members' (data offset, size) by suffix
+    members: dict[str, tuple[int, int]] = {}
+    offset, long_name = 0, None
     while True:
         header = os.pread(fd, BLOCK, offset) if offset + BLOCK <= total else b""
         if len(header) < BLOCK:
@@ -220,7 +222,7 @@ def scan_samples(url: str) -> Iterator[LazySample]:
                 yield LazySample(url, key, members)
             key, members = prefix, {}
         if data + size > total:
-            raise TarScanError(url, key, name, f"member {name} is cut off at byte {total} ({total - data} of {size} "
-                               "bytes): the shard was truncated (re-copy it, or let lift3d-render recover its "
-                               ".tar.tmp)", "truncated_shard", dropped=key)
+            raise TarScanError(url, prefix, name, f"member {name} is cut off at byte {total} ({total - data} of "
+                               f"{size} bytes): the shard was truncated (re-copy it, or let lift3d-render recover its "
+                               ".tar.tmp)", "truncated_shard", dropped=prefix)  # prefix == key here
         members[suffix] = (data, size)

@@ -26,6 +26,7 @@ import re
 import tarfile
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -63,7 +64,7 @@ def encode_sample(key: str, views: list[dict], c2w: np.ndarray, K: np.ndarray, h
         raise ValueError(f"{key}: {n} views but {len(c2w)} c2w, {len(K)} K, {len(hw)} hw")
     if n > MAX_VIEWS:
         raise ValueError(f"{key}: {n} views; format v1 numbers views with 3 digits (at most {MAX_VIEWS})")
-    sample = {"__key__": key}
+    sample: dict[str, str | bytes] = {"__key__": key}
     for i, v in enumerate(views):
         if v["rgba"].dtype != np.uint8 or v["rgba"].shape[-1] != 4:
             raise ValueError(f"{key} view {i}: rgba must be uint8 (H, W, 4), got {v['rgba'].dtype} {v['rgba'].shape}")
@@ -249,7 +250,9 @@ class ShardWriter:
     def __init__(self, out_dir: str, task: int = 0, maxcount: int = 64, maxsize: float = 2e9):
         self.paths = TaskPaths(out_dir, task)
         self.out_dir, self.task, self.maxcount, self.maxsize = out_dir, task, maxcount, maxsize
-        self._file = self._tar = self._name = None
+        self._file: BinaryIO | None = None  # the open shard's .tar.tmp and the tar writing it, None between shards
+        self._tar: tarfile.TarFile | None = None
+        self._name = ""  # the open shard's file name, set by _start_shard
         self._count = 0
         self._next = 0
         self.done: dict[str, dict] = {}
@@ -265,7 +268,7 @@ class ShardWriter:
         committed = {os.path.basename(p) for p in glob.glob(os.path.join(self.out_dir, f"{self.task:05d}-*.tar"))}
         self.done = {r["key"]: r for r in done_rows if r["shard"] in committed}
         self.failed = {r["key"]: r for r in _read_jsonl(self.paths.failures)}
-        numbers = [int(SHARD_RE.match(n).group(2)) for n in committed if SHARD_RE.match(n)]
+        numbers = [int(m.group(2)) for m in map(SHARD_RE.match, committed) if m]
         self._next = max(numbers, default=-1) + 1
         self._index_missing(committed)
         return self
@@ -313,20 +316,22 @@ class ShardWriter:
             raise ValueError(f"object {key} is already in a shard of {self.out_dir}; it would be duplicated")
         if self._tar is None:
             self._start_shard()
+        tar, file = self._tar, self._file
+        assert tar is not None and file is not None  # _start_shard opened both
         try:
             mtime = time.time()
             for name in sorted(k for k in sample if k != "__key__"):
-                _write_member(self._tar, f"{key}.{name}", sample[name], mtime)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            row = {"key": key, "shard": self._name, "end": self._file.tell(), **(record or {})}
+                _write_member(tar, f"{key}.{name}", sample[name], mtime)
+            file.flush()
+            os.fsync(file.fileno())
+            row = {"key": key, "shard": self._name, "end": file.tell(), **(record or {})}
             _append_jsonl(self.paths.done, row)
         except BaseException:
             self._abandon_shard()
             raise
         self.done[key] = row
         self._count += 1
-        if self._count >= self.maxcount or self._file.tell() >= self.maxsize:
+        if self._count >= self.maxcount or file.tell() >= self.maxsize:
             self._commit()
 
     def _abandon_shard(self) -> None:
@@ -336,7 +341,8 @@ class ShardWriter:
         tmp = os.path.join(self.out_dir, self._name + ".tmp")
         file, self._file, self._tar, self._count = self._file, None, None, 0
         try:
-            file.close()
+            if file is not None:
+                file.close()
         except OSError:
             pass  # unflushed bytes of the torn sample: cut off below anyway
         try:
@@ -350,10 +356,12 @@ class ShardWriter:
         self.failed[key] = row
 
     def _commit(self) -> None:
-        self._tar.close()  # writes the end-of-archive blocks
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        tar, file = self._tar, self._file
+        assert tar is not None and file is not None, "_commit without an open shard"
+        tar.close()  # writes the end-of-archive blocks
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
         path = os.path.join(self.out_dir, self._name)
         os.replace(path + ".tmp", path)
         _fsync_dir(self.out_dir)
@@ -366,7 +374,8 @@ class ShardWriter:
                 self._commit()
             else:
                 self._tar.close()
-                self._file.close()
+                if self._file is not None:
+                    self._file.close()
                 os.remove(os.path.join(self.out_dir, self._name + ".tmp"))
                 self._file = self._tar = None
 

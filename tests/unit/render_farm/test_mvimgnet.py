@@ -101,7 +101,7 @@ def write_video(vdir: str, mask_dir: str | None = None, models=CAMERAS) -> dict:
     mask_dir = mask_dir or os.path.join(vdir, "masks")
     os.makedirs(mask_dir, exist_ok=True)
     rec = pycolmap.Reconstruction()
-    truth = {"c2w": [], "K": []}
+    truth: dict[str, list[np.ndarray]] = {"c2w": [], "K": []}
     for i, c2w in enumerate(ring_c2w()):
         model, params = models[i % len(models)]
         cam = pycolmap.Camera.create_from_model_name(i + 1, model, 1.0, W, H)
