@@ -286,7 +286,8 @@ def _rasterize_chunk(chunk, dx, dy, rows, x0, y0, bw, bh, ids, width, zbuf) -> N
 
 
 def turntable_cameras(n_frames: int = 36, elevation_deg: float = 20.0, radius: float = 2.5, fov_deg: float = 40.0,
-                      size: int = 256, target: Sequence[float] = (0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+                      size: int = 256, target: Sequence[float] | np.ndarray = (0.0, 0.0, 0.0)
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Cameras orbiting the world Z axis through ``target`` (``geometry.rigs.orbit``, one ring):
     ``(c2w (N, 4, 4), K (3, 3))``, float64 numpy, OpenCV.
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -97,8 +98,9 @@ def _cameras(elevation_deg, azimuth_deg, radius, fov_deg, resolution: int, targe
     return c2w, K, hw, fov
 
 
-def lrm32(object_id: str, resolution: int = 512, seed: int = 0, num_views: int = 32, radius=(2.0, 3.5),
-          elevation=(-20.0, 60.0), fov_deg: float = 50.0) -> Rig:
+def lrm32(object_id: str, resolution: int = 512, seed: int = 0, num_views: int = 32,
+          radius: tuple[float, float] = (2.0, 3.5), elevation: tuple[float, float] = (-20.0, 60.0),
+          fov_deg: float = 50.0) -> Rig:
     rng = object_rng("lrm32", object_id, seed)
     r = rng.uniform(*radius, size=num_views)
     lo, hi = np.sin(np.radians(elevation[0])), np.sin(np.radians(elevation[1]))
@@ -125,7 +127,7 @@ def orbit(object_id: str, resolution: int = 512, seed: int = 0, views_per_ring: 
 
 def one2345(object_id: str, resolution: int = 256, seed: int = 0, num_gt: int = ONE2345_NUM_VIEWS,
             neighbour_offset: float = ONE2345_NEIGHBOUR_STEP_DEG, radius: float = ONE2345_RADIUS,
-            fov_deg: float = ONE2345_FOV_DEG, elevation=(-10.0, 40.0)) -> Rig:
+            fov_deg: float = ONE2345_FOV_DEG, elevation: tuple[float, float] = (-10.0, 40.0)) -> Rig:
     rng = object_rng("one2345", object_id, seed)
     # ground-truth views spread on the sphere band: stratified azimuth, random elevation, random global turn
     az0 = rng.uniform(0.0, 360.0)
@@ -146,7 +148,7 @@ def eval24(object_id: str, resolution: int = 512, seed: int = 0, radius: float =
     return rig
 
 
-RIGS = {"lrm32": lrm32, "orbit": orbit, "one2345": one2345, "eval24": eval24}
+RIGS: dict[str, Callable[..., Rig]] = {"lrm32": lrm32, "orbit": orbit, "one2345": one2345, "eval24": eval24}
 
 
 def make_rig(name: str, object_id: str, resolution: int, seed: int = 0, **options) -> Rig:
