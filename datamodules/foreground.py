@@ -210,7 +210,7 @@ class ForegroundExtractor:
 
     def __init__(self, segmentation_model: Optional[str] = None):
         self.segmentation_model = segmentation_model
-        self._model = None
+        self._model: Optional[torch.nn.Module] = None  # loaded on first use, in the process that uses it
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_model": None}

@@ -21,7 +21,7 @@ over white (no alpha), so white is the background to train with.
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -146,8 +146,9 @@ class One2345DataModule(ShardDataModule):
                          seed=seed, num_target_views=1, input_size=source_size, target_size=target_size,
                          background=background, val_background=val_background, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, finalize_on=finalize_on)
-        view_args = dict(predicted_probability=predicted_probability, include_gt_sources=include_gt_sources,
-                         source_size=source_size, target_size=target_size)
+        view_args: dict[str, Any] = dict(predicted_probability=predicted_probability,
+                                         include_gt_sources=include_gt_sources, source_size=source_size,
+                                         target_size=target_size)
         self.train_sampler = One2345ViewSampler(neighbours, background=background, **view_args)
         val_neighbours = "ground_truth" if neighbours == "ground_truth" else "predicted"
         self.val_sampler = One2345ViewSampler(val_neighbours, background=val_background, **view_args)
