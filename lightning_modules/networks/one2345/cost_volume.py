@@ -117,6 +117,8 @@ class CostVolume(nn.Module):
     (≈ 885k voxels) × 32 views never materialises at once; the result does not depend on ``chunk``.
     """
 
+    points: torch.Tensor  # (R³, 3) voxel centres, a buffer
+
     def __init__(self, resolution: int = 96, bound: float = 1.0, min_views: int = 1, chunk: int = 32768,
                  near: float = 1e-3):
         super().__init__()

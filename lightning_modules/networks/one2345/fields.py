@@ -48,6 +48,8 @@ class PositionalEncoding(nn.Module):
     """NeRF-style encoding (B, N, d) → (B, N, d·(1 + 2L)): [x, sin(2^0 x), cos(2^0 x), …, sin(2^(L−1) x),
     cos(2^(L−1) x)] (frequencies 2^k without π, as NeuS's embedder). ``num_freqs`` = 0 passes x through."""
 
+    freqs: torch.Tensor  # (L,) buffer
+
     def __init__(self, num_freqs: int = 6):
         super().__init__()
         if num_freqs < 0:
@@ -229,7 +231,7 @@ class BlendingColourNetwork(nn.Module):
         uv, _, visible = project(points, c2w, K, (height, width), 1, self.near)  # (B, V, N, 2), (B, V, N)
         sampled = sample_features(images, uv, visible)  # (B, V, N, 3)
         colours = sampled
-        if self.image_channels:
+        if self.image_channels and image_features is not None:  # checked above: given whenever image_channels
             sampled = torch.cat([sampled, sample_features(image_features, uv / stride, visible)], dim=-1)  # 3 + C
         mean, var, count = aggregate(sampled, visible)  # (B, N, 3 + C) ×2, (B, N)
 

@@ -61,7 +61,7 @@ def ensure_cpu_backward() -> list[str]:
     for name, module in list(sys.modules.items()):
         if (name == "spconv" or name.startswith("spconv.")) and module is not None \
                 and getattr(module, "get_current_stream", None) is _ORIGINAL_GETTER:
-            module.get_current_stream = _cpu_stream
+            setattr(module, "get_current_stream", _cpu_stream)  # a module attribute mypy cannot see
             patched.append(name)
     if patched and not _LOGGED:
         log.debug("no CUDA: spconv's get_current_stream() now returns stream 0 (CPU kernels) in %s",

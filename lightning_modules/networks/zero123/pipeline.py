@@ -30,6 +30,7 @@ pairs are batched. Defaults follow Zero123: guidance 3.0, DDIM 50 steps, η = 1.
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -75,7 +76,10 @@ def check_weights_dir(path: str) -> None:
             f"{os.path.join(path, k)}/ ({COMPONENTS[k]})" for k in missing))
 
 
-def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+_M = TypeVar("_M", bound=torch.nn.Module)
+
+
+def _place(module: _M, device: torch.device, dtype: torch.dtype) -> _M:
     if any(p.dtype != dtype for p in module.parameters()):
         module = module.to(dtype=dtype)
     return module.to(device).eval()
@@ -89,8 +93,10 @@ class Zero123Pipeline:
                  dtype: str | torch.dtype = "float32"):
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-        self.vae, self.image_encoder, self.unet, self.cc_projection = (
-            _place(m, self.device, self.dtype) for m in (vae, image_encoder, unet, cc_projection))
+        self.vae = _place(vae, self.device, self.dtype)
+        self.image_encoder = _place(image_encoder, self.device, self.dtype)
+        self.unet = _place(unet, self.device, self.dtype)
+        self.cc_projection = _place(cc_projection, self.device, self.dtype)
         self.feature_extractor, self.scheduler = feature_extractor, scheduler
         if unet.config.in_channels != 2 * vae.config.latent_channels:
             raise ValueError(f"Zero123's UNet takes the noisy latents and the image latents on channels: "
