@@ -282,6 +282,16 @@ class ShardDataModule(L.LightningDataModule):
         self.val_dataset: Optional[ShardDataset] = None
 
     @property
+    def input_settings(self) -> dict:
+        """How the model's input views are prepared, in ``datamodules.images.ImageDataModule``'s terms: the source
+        view at ``input_size`` as rendered (no re-framing: ``foreground_ratio`` 0) over ``background``. The systems
+        record it in their checkpoints; ``lift3d predict`` prepares images the same way unless told otherwise."""
+        settings = {"input_size": int(self.hparams.input_size), "foreground_ratio": 0.0}
+        if self.hparams.background in ("white", "black"):
+            settings["background"] = self.hparams.background
+        return settings
+
+    @property
     def errors(self) -> dict[str, int]:
         """Skipped-data counts by kind (main process + workers), e.g. ``{"bad_png": 2, "shard_read": 1}``."""
         totals = self.error_counts.sum(dim=0).tolist()

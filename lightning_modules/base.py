@@ -15,6 +15,8 @@
   :class:`NonFiniteTrainingError` naming the step (:meth:`skip_nonfinite_step`).
 * **Validation and test** run the system's ``evaluate_batch`` under the stage's name.
 * **Visuals.** :meth:`first_samples` cuts the batch the ``VisualLogger`` shows.
+* **Input settings.** Checkpoints record how the training data prepared the input (the datamodule's
+  ``input_settings``: size, framing, background); ``lift3d predict`` prepares images the same way.
 * **Prediction.** ``predict_step`` returns :class:`lightning_modules.prediction.Prediction` records; the files are
   written by :class:`lightning_modules.prediction.PredictionWriter` (``lift3d predict`` adds one).
 """
@@ -90,6 +92,17 @@ class ReconstructionModule(L.LightningModule):
             raise ValueError(f"max_nonfinite_steps must be an integer >= 1 (NaN/inf steps in a row that stop a run), "
                              f"got {value!r}")
         return value
+
+    #: the checkpoint key of the training data's input settings (see :meth:`on_save_checkpoint`)
+    INPUT_SETTINGS_KEY: ClassVar[str] = "input_settings"
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Records how the training data prepared the model's input (the datamodule's ``input_settings``, e.g.
+        ``{"input_size": 64, "foreground_ratio": 0.0}``), so ``lift3d predict`` prepares images the same way."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        settings = getattr(datamodule, "input_settings", None)
+        if settings:
+            checkpoint[self.INPUT_SETTINGS_KEY] = dict(settings)
 
     # --- training ------------------------------------------------------------------------------------------------
     def seed_step(self) -> None:

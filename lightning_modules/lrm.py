@@ -157,6 +157,7 @@ class LRMModule(ReconstructionModule):
 
     # --- EMA in checkpoints, validation and prediction ---------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.ema is not None:
             checkpoint["ema"] = self.ema.state_dict()
 

@@ -18,12 +18,16 @@ configs/ is parsed by a test. On top of Lightning's CLI (:class:`Lift3dCLI`):
 * a launch check before anything is built (:func:`lightning_modules.launch.cluster.check_launch`): the SLURM allocation
   against ``trainer.num_nodes`` × ``devices``, and the global batch against ``global_batch_size``;
   ``LIFT3D_PREFLIGHT=1`` runs only the check and prints the plan (the SLURM scripts do this once before ``srun``);
-* W&B (:mod:`lightning_modules.launch.tracking`): offline without an API key (the sync command printed at the end), one run
-  id per run directory (a resumed run continues its W&B run), the resolved config and git commit logged;
+* W&B (:mod:`lightning_modules.launch.tracking`): offline without an API key (the sync command printed at the end),
+  one run id per run directory (a resumed run continues its W&B run), the resolved config and git commit logged;
   ``WANDB_PROJECT`` (site setting) overrides the config's project;
 * inside a SLURM job: SIGUSR1 is caught from the first moment; a :class:`~lightning_modules.launch.cluster.Preemption`
   callback (added when the config has none) checkpoints at the next step and, after a clean shutdown, rank 0
-  requeues the job; progress lines replace the progress bar in the job log.
+  requeues the job; progress lines replace the progress bar in the job log;
+* ``predict`` with ``ImageDataModule``: images are prepared as the checkpoint's training inputs were (its recorded
+  ``input_settings``: size, framing, background) unless the command line says otherwise (a warning when it differs),
+  and no W&B run is opened (the configs' WandbLogger is dropped) unless ``--trainer.logger`` is given;
+* ``lift3d --help`` lists ``evaluate`` and ``convert-checkpoint`` with the Trainer's subcommands.
 """
 
 from __future__ import annotations
@@ -63,12 +67,27 @@ class Lift3dCLI(LightningCLI):
     """LightningCLI with lift3d's run directory, ``--ckpt_path auto``, launch check and W&B handling."""
 
     def __init__(self, args=None, run: bool = True, **kwargs):
+        self.raw_args = [str(a) for a in (sys.argv[1:] if args is None else args if isinstance(args, list) else [])]
         self.launch_plan: Optional[dict] = None
         self.resume_from: Optional[str] = None
         kwargs.setdefault("save_config_callback", tracking.LoggedConfig)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # a resumed run rewrites its config.yaml
         super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          args=args, run=run, **kwargs)
+
+    # lift3d's own commands (dispatched by :func:`main` before LightningCLI runs): listed in ``lift3d --help``
+    OWN_COMMANDS = {
+        "evaluate": "Score a checkpoint on held-out shards (metrics.jsonl, report.html); lift3d evaluate --help",
+        "convert-checkpoint": "Consolidate a DeepSpeed ZeRO checkpoint directory into one Lightning checkpoint; "
+                              "lift3d convert-checkpoint --help",
+    }
+
+    def _add_subcommands(self, parser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        from jsonargparse import ArgumentParser
+
+        for name, description in self.OWN_COMMANDS.items():
+            parser._subcommands_action.add_subcommand(name, ArgumentParser(description=description), help=description)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--global_batch_size", type=Optional[int], default=None,
@@ -157,6 +176,51 @@ class Lift3dCLI(LightningCLI):
                   f"the DeepSpeed strategy; for anything else convert it first:\n  lift3d convert-checkpoint {ckpt} "
                   f"{str(ckpt).rstrip('/').removesuffix('.ckpt')}-fp32.ckpt", file=sys.stderr, flush=True)
             sys.exit(2)
+        if self.subcommand == "predict":
+            self._predict_settings(cfg)
+
+    def _on_command_line(self, key: str) -> bool:
+        """Whether the command line sets ``key`` (``--data.input_size``, ``--trainer.logger=...``, ``.init_args.``
+        spelling too)."""
+        block, _, name = key.partition(".")
+        spellings = (f"--{block}.{name}", f"--{block}.init_args.{name}")
+        return any(a == s or a.startswith(s + "=") for a in self.raw_args for s in spellings)
+
+    def _predict_settings(self, cfg) -> None:
+        """``lift3d predict``: images are prepared as the checkpoint's training data prepared its input views (its
+        recorded ``input_settings``), unless the command line says otherwise (then a warning when they differ); and
+        no experiment tracking (the experiment configs' WandbLogger would open a W&B run) unless asked for."""
+        if not self._on_command_line("trainer.logger"):
+            kept = [lg for lg in _as_list(cfg.trainer.logger)
+                    if not (hasattr(lg, "get") and lg.get("class_path") in tracking.WANDB_LOGGERS)]
+            cfg.trainer.logger = kept or False
+        data = cfg.get("data")
+        ckpt = cfg.get("ckpt_path")
+        if data is None or not str(data.get("class_path", "")).endswith("ImageDataModule") or not ckpt \
+                or not os.path.isfile(str(ckpt)):
+            return
+        import inspect
+
+        from datamodules.images import ImageDataModule
+        from lightning_modules.base import ReconstructionModule
+
+        trained = torch.load(str(ckpt), weights_only=True, map_location="cpu", mmap=True).get(
+            ReconstructionModule.INPUT_SETTINGS_KEY) or {}
+        defaults = inspect.signature(ImageDataModule.__init__).parameters
+        taken = {}
+        for name, value in trained.items():
+            if name not in data.init_args or name not in defaults:
+                continue
+            # told otherwise: on the command line, or a value other than the default (a data YAML)
+            if not self._on_command_line(f"data.{name}") and data.init_args[name] == defaults[name].default:
+                data.init_args[name] = taken[name] = value
+            elif data.init_args[name] != value:
+                print(f"lift3d: warning: --data.{name}={data.init_args[name]} while {ckpt} was trained on inputs "
+                      f"with {name}={value}; predictions may suffer (drop the option to use the checkpoint's)",
+                      file=sys.stderr, flush=True)
+        if taken:
+            _say("images prepared as the checkpoint's training inputs: "
+                 + ", ".join(f"{k}={v}" for k, v in taken.items()))
 
     @staticmethod
     def _batch_size(cfg) -> Optional[int]:
