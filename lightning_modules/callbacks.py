@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 import numpy as np
@@ -45,7 +45,7 @@ class ThroughputLogger(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
-        dt, self._t = now - self._t, now
+        dt, self._t = (0.0 if self._t is None else now - self._t), now  # 0: no batch start seen, nothing to time
         if trainer.global_step <= self.warmup_steps or dt <= 0:
             return
         samples = batch_size_of(batch) * trainer.world_size
@@ -110,7 +110,7 @@ class VisualLogger(L.Callback):
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if wandb_loggers:
             import wandb
-            payload = {"visuals/views": wandb.Image(grid, caption=caption)}
+            payload: dict[str, Any] = {"visuals/views": wandb.Image(grid, caption=caption)}
             if mesh_path:
                 payload["visuals/mesh"] = wandb.Object3D(mesh_path)
             for lg in wandb_loggers:
