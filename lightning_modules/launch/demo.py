@@ -92,13 +92,14 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> str:
             f"--trainer.check_val_every_n_epoch={max(1, steps // 2)}"])
     print(f"[demo] training done{took(t)}: {os.path.relpath(ckpt)}", flush=True)
     t = time.time()
-    inputs = write_source_views(shard_dir, os.path.join(out, "inputs"))
+    inputs_dir = os.path.join(out, "inputs")
+    inputs = write_source_views(shard_dir, inputs_dir)
     mesh_dir = os.path.abspath(os.path.join(out, "meshes"))
     print(f"[demo] meshes from {len(inputs)} input images: lift3d predict --ckpt_path {ckpt}", flush=True)
-    lift3d(["predict", "--config", config, f"--ckpt_path={ckpt}", "--trainer.logger=false",
-            "--trainer.callbacks=[]", "--data=datamodules.images.ImageDataModule",
-            f"--data.images={os.path.abspath(os.path.join(out, 'inputs'))}", "--data.input_size=64",
-            "--data.foreground_ratio=0", f"--model.init_args.predict_dir={mesh_dir}"])
+    # the images are prepared as the checkpoint's training inputs were (64 px, not re-framed): it records them
+    lift3d(["predict", "--config", config, f"--ckpt_path={ckpt}", "--trainer.callbacks=[]",
+            "--data=datamodules.images.ImageDataModule", f"--data.images={os.path.abspath(inputs_dir)}",
+            f"--model.init_args.predict_dir={mesh_dir}"])
     meshes = sorted(glob.glob(os.path.join(mesh_dir, "*.glb")))
     print(f"[demo] {len(meshes)} meshes{took(t)}: {', '.join(os.path.relpath(m) for m in meshes)}", flush=True)
     return ckpt
