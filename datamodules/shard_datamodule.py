@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import warnings
 import zipfile
 import zlib
 from typing import Optional, Union
@@ -39,6 +40,12 @@ from datamodules.views import ViewSampler, collate, finalize
 from render_farm.shards import KINDS, CorruptSampleError, TarScanError, resolve_shards, scan_samples
 
 log = logging.getLogger(__name__)
+# Lightning warns about every IterableDataset with a __len__ that it may be inaccurate under several workers unless
+# each worker reads its own data. ShardDataset's is exact: each worker reads its own shards and __len__ counts each
+# worker's batches (_worker_sample_counts), which is what makes the epoch lengths and the resume arithmetic right.
+# The caveat (the warning's text, matched exactly) does not apply to it; Lightning offers no per-dataset way to say so.
+warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined\. In combination with "
+                        r"multi-process data loading")
 MAX_WORKERS = 256  # rows of the shared error-counter tensor: row 0 = main process, row 1 + w = worker w
 
 DATA_ERRORS = (CorruptSampleError, ValueError, KeyError, IndexError, OSError, EOFError, cv2.error,

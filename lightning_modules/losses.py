@@ -28,14 +28,26 @@ class LPIPSLoss(nn.Module):
         super().__init__()
         import lpips  # heavy import, only where the loss is used
 
-        self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+        self.net = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False, eval_mode=False)
         if vgg_weights:
             self._load(vgg_weights)
         elif pretrained_backbone:
             raise FileNotFoundError("LPIPS needs the VGG-16 backbone weights: set loss lpips_weights to a local copy "
                                     "of torchvision's vgg16-397923af.pth (https://download.pytorch.org/models/), or "
                                     "lpips_pretrained: false to train with a random backbone (tests, smoke runs)")
-        self.net.requires_grad_(False).eval()
+        self.net.requires_grad_(False)
+        # LPIPS' only mode-dependent layers are the dropouts before its linear heads (off in LPIPS as published): as
+        # identities, the frozen network computes the same in train and eval mode and follows its parent's mode
+        # (a module held in eval mode is what Lightning warns about at the start of training)
+        for seq in [m for m in self.net.modules() if isinstance(m, nn.Sequential)]:
+            for idx, layer in list(seq.named_children()):
+                if isinstance(layer, nn.Dropout):
+                    seq[int(idx)] = nn.Identity()
+        mode_dependent = [n for n, m in self.net.named_modules()
+                          if isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm))]
+        if mode_dependent:
+            raise RuntimeError(f"this lpips version has layers that behave differently in train mode: "
+                               f"{mode_dependent}; LPIPSLoss must turn them into identities")
 
     def _load(self, path: str) -> None:
         if not os.path.isfile(path):
@@ -54,9 +66,6 @@ class LPIPSLoss(nn.Module):
             if unexpected or [k for k in missing if k.startswith("net.")]:
                 raise ValueError(f"{path!r} is not a VGG-16 or LPIPS state dict (missing {missing[:3]}, unexpected "
                                  f"{unexpected[:3]})")
-
-    def train(self, mode: bool = True):
-        return super().train(False)  # always eval: dropout in the LPIPS heads stays off
 
     def distance(self, pred: torch.Tensor, target: torch.Tensor, spatial: bool = False) -> torch.Tensor:
         """LPIPS per image of (…, 3, H, W) images in [0, 1]: shape (N, 1, 1, 1) with N the flattened leading dims,

@@ -88,6 +88,19 @@ def test_predict_told_otherwise_uses_the_command_line_and_warns(fitted, tmp_path
     assert "input_size" not in err  # told the checkpoint's own value: nothing to warn about
 
 
+def test_lpips_follows_the_training_mode_and_computes_the_same_in_both():
+    """No module held in eval mode (Lightning's warning at the start of training), and the loss is unchanged."""
+    from lightning_modules.losses import LPIPSLoss
+
+    torch.manual_seed(0)
+    loss = LPIPSLoss(None, pretrained_backbone=False)
+    a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    assert all(m.training for m in loss.modules())  # as built: a LightningModule holding it starts training so
+    trained = loss.distance(a, b)
+    loss.eval()
+    assert torch.equal(trained, loss.distance(a, b))
+
+
 def test_help_lists_every_subcommand(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
