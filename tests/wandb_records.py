@@ -50,7 +50,7 @@ def run_records(run_dir: str) -> dict[str, list]:
     assert data[:4] == b":W&B", f"{paths[0]} is not a W&B transaction log"
     records: dict[str, list] = defaultdict(list)
     for chunk in _chunks(data):
-        rec = pb.Record()
+        rec = pb.Record()  # type: ignore[attr-defined]  # protobuf-generated class: no stubs
         rec.ParseFromString(chunk)
         records[rec.WhichOneof("record_type")].append(rec)
     return dict(records)

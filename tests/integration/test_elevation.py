@@ -30,7 +30,8 @@ def noise_textured_box(directory: str, name: str = "noise_box", seed: int = 0) -
     img = np.zeros((h, w, 3))
     for cells, amp in ((6, 1.0), (12, 0.7), (24, 0.5), (48, 0.35)):  # octaves: blobs of several sizes
         small = (rng.uniform(0.0, 1.0, (cells * 2, cells * 3, 3)) * 255).astype(np.uint8)
-        img += amp * np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.float64) / 255.0
+        blobs = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+        img += amp * np.asarray(blobs, dtype=np.float64) / 255.0
     img = (img - img.min()) / (img.max() - img.min())
     texture = Image.fromarray((img * 255).astype(np.uint8), "RGB")
     mesh = assets.uv_box(1.0)  # 4 vertices per face, each face spanning the full UV square

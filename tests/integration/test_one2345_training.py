@@ -46,7 +46,9 @@ def chamfer_to_asset(module, shards, asset) -> float:
     batch = one_batch(shards)
     (tar,) = glob.glob(str(shards / "*.tar"))
     with tarfile.open(tar) as t:
-        meta = json.load(t.extractfile(next(m for m in t.getmembers() if m.name.endswith("meta.json"))))
+        member = t.extractfile(next(m for m in t.getmembers() if m.name.endswith("meta.json")))
+        assert member is not None, f"meta.json in {tar} is not a regular file"
+        meta = json.load(member)
     with torch.no_grad():
         scene = module.encode(batch)
     verts, faces, _ = module.extract_mesh(scene, resolution=64)

@@ -41,7 +41,9 @@ def write_jpg(path, size=(40, 40)) -> str:
 
 def items(dm: ImageDataModule) -> list[dict]:
     dm.setup("predict")
-    return [dm.predict_dataset[i] for i in range(len(dm.predict_dataset))]
+    ds = dm.predict_dataset
+    assert ds is not None
+    return [ds[i] for i in range(len(ds))]
 
 
 def bbox(mask: torch.Tensor, thr: float = 0.5) -> tuple[int, int, int, int]:

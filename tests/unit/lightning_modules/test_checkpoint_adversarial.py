@@ -11,6 +11,7 @@ checkpoints of every name, ``lift3d predict`` into a directory that cannot be wr
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import torch
@@ -48,9 +49,10 @@ def zero_dir(path, marker=None, in_file: str = "zero_pp_rank_0_mp_rank_00_optim_
     os.makedirs(tag)
     with open(os.path.join(path, "latest"), "w") as f:
         f.write("checkpoint")
-    files = {"mp_rank_00_model_states.pt": {"global_step": step, "module": {"w": torch.zeros(2)}, "dp_world_size": 2},
-             "zero_pp_rank_0_mp_rank_00_optim_states.pt": {"optimizer_state_dict": {"x": torch.ones(1)}},
-             "zero_pp_rank_1_mp_rank_00_optim_states.pt": {"optimizer_state_dict": {"x": torch.ones(1)}}}
+    files: dict[str, dict[str, Any]] = {
+        "mp_rank_00_model_states.pt": {"global_step": step, "module": {"w": torch.zeros(2)}, "dp_world_size": 2},
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt": {"optimizer_state_dict": {"x": torch.ones(1)}},
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt": {"optimizer_state_dict": {"x": torch.ones(1)}}}
     for name, state in files.items():
         if marker is not None and name == in_file:
             state = dict(state, payload=Payload(marker))
@@ -58,7 +60,7 @@ def zero_dir(path, marker=None, in_file: str = "zero_pp_rank_0_mp_rank_00_optim_
     return str(path)
 
 
-def exits(capsys, args) -> tuple[int, str]:
+def exits(capsys, args) -> tuple[int | None, str]:
     """Runs ``lift3d ARGS`` in-process; (exit status, what it said)."""
     with pytest.raises(SystemExit) as exc:
         main(args)

@@ -7,6 +7,8 @@ accelerator): tests/gpu/test_deepspeed_gpu.py."""
 import json
 import os
 import socket
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
@@ -219,9 +221,11 @@ def _zero_rank(rank: int, world: int, port: int, workdir: str, name: str) -> Non
     samples = [{k: v[i] for k, v in batch.items()} for i in range(2)]
     strategy.connect(module)
     module.trainer = trainer
-    trainer._data_connector.attach_data(module, train_dataloaders=DataLoader(samples, batch_size=2))
+    loader: DataLoader = DataLoader(samples, batch_size=2)  # type: ignore[arg-type]  # a list is a map-style dataset
+    trainer._data_connector.attach_data(module, train_dataloaders=loader)
     strategy._init_config_if_needed()
     optimizer, scheduler = strategy._init_optimizers()
+    assert scheduler is not None  # the LRM configures a scheduler
     engine, ds_optimizer = strategy._setup_model_and_optimizer(module, optimizer, scheduler.scheduler)
     strategy.model, strategy.optimizers, strategy.lr_scheduler_configs = engine, [ds_optimizer], [scheduler]
     engine.lr_scheduler = None  # Lightning steps the scheduler itself (as in _initialize_deepspeed_train)
@@ -231,12 +235,13 @@ def _zero_rank(rank: int, world: int, port: int, workdir: str, name: str) -> Non
     assert engine.zero_cpu_offload() == (name == "zero3_offload")
 
     batch = trainer.precision_plugin.convert_input(batch)  # bf16 inputs, as Lightning's loop hands them over
-    out, planes, scale = strategy._forward_redirection(engine, module, "forward_views", batch, True)
+    # typed as a step's output; forward_views returns (out, planes, scale)
+    out, planes, scale = cast(tuple, strategy._forward_redirection(engine, module, "forward_views", batch, True))
     assert planes.dtype == torch.bfloat16, planes.dtype  # the network ran under the engine's torch.autocast
     loss = module.losses(batch, out, planes, scale)["loss"]
     trainer.precision_plugin.backward(loss, module, ds_optimizer)  # engine.backward
     trainer.precision_plugin.optimizer_step(ds_optimizer, module, lambda: loss)  # engine.step (clipping inside)
-    scheduler.scheduler.step()
+    scheduler.scheduler.step()  # type: ignore[call-arg]  # the LRM's LambdaLR, not a ReduceLROnPlateau (metrics)
     assert engine.global_steps == 1
 
     # the fp32 weights gathered from the ranks' partitions (a collective: every rank calls it)
@@ -249,7 +254,7 @@ def _zero_rank(rank: int, world: int, port: int, workdir: str, name: str) -> Non
     torch.distributed.destroy_process_group()
 
 
-_CHECKPOINTS = {}
+_CHECKPOINTS: dict[str, tuple[Path, dict[str, Any]]] = {}
 
 
 def _checkpoint(name: str, tmp_path_factory):

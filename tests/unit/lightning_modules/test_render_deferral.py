@@ -25,6 +25,7 @@ def _render_counting(renderer: VolumeRenderer, field: TriplaneField, planes: tor
     forward_calls = calls["n"]
     planes.grad = None
     out["rgb"].square().sum().backward()
+    assert planes.grad is not None
     return out["rgb"].detach(), planes.grad.clone(), forward_calls, calls["n"] - forward_calls
 
 
