@@ -27,13 +27,14 @@ import random
 import warnings
 import zipfile
 import zlib
-from typing import Optional, Union
+from typing import Any, Optional, Union, cast
 
 import cv2
 import lightning as L
 import numpy as np
 import torch
 import webdataset as wds
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.views import ViewSampler, collate, finalize
@@ -170,6 +171,7 @@ class ShardDataset(IterableDataset):
         rank, world = self.node_info()
         workers = max(1, self.num_workers)
         if self.resampled:
+            assert self.samples_per_epoch is not None  # __init__ requires it with resampled
             return [math.ceil(self.samples_per_epoch / world / workers)] * workers
         mine = self.urls[rank::world]
         if not all(u in self.counts for u in mine):
@@ -279,9 +281,9 @@ class ShardDataModule(L.LightningDataModule):
         if resampled and not samples_per_epoch:
             raise ValueError("resampled=True needs samples_per_epoch (the number of samples that make an epoch); "
                              "or set resampled=False for exact epochs over the shards")
-        view_args = dict(num_target_views=num_target_views, input_view=input_view,
-                         include_input_in_targets=include_input_in_targets, input_size=input_size,
-                         target_size=target_size, target_crop_size=target_crop_size)
+        view_args: dict[str, Any] = dict(num_target_views=num_target_views, input_view=input_view,
+                                         include_input_in_targets=include_input_in_targets, input_size=input_size,
+                                         target_size=target_size, target_crop_size=target_crop_size)
         self.train_sampler = ViewSampler(background=background, **view_args)
         self.val_sampler = ViewSampler(background=val_background, **view_args)
         self.error_counts = torch.zeros(MAX_WORKERS + 1, len(KINDS), dtype=torch.int64).share_memory_()
@@ -293,10 +295,17 @@ class ShardDataModule(L.LightningDataModule):
         """How the model's input views are prepared, in ``datamodules.images.ImageDataModule``'s terms: the source
         view at ``input_size`` as rendered (no re-framing: ``foreground_ratio`` 0) over ``background``. The systems
         record it in their checkpoints; ``lift3d predict`` prepares images the same way unless told otherwise."""
-        settings = {"input_size": int(self.hparams.input_size), "foreground_ratio": 0.0}
-        if self.hparams.background in ("white", "black"):
-            settings["background"] = self.hparams.background
+        hp = self._hp
+        settings: dict[str, Any] = {"input_size": int(hp.input_size), "foreground_ratio": 0.0}
+        if hp.background in ("white", "black"):
+            settings["background"] = hp.background
         return settings
+
+    @property
+    def _hp(self) -> AttributeDict:
+        """``hparams`` with attribute access typed: save_hyperparameters stored an AttributeDict, which Lightning's
+        annotation widens to a plain mapping."""
+        return cast(AttributeDict, self.hparams)
 
     @property
     def errors(self) -> dict[str, int]:
@@ -305,7 +314,7 @@ class ShardDataModule(L.LightningDataModule):
         return {k: int(n) for k, n in zip(KINDS, totals) if n}
 
     def _dataset(self, spec, sampler, train: bool) -> ShardDataset:
-        hp = self.hparams
+        hp = self._hp
         urls, counts = resolve_shards(spec)
         in_workers = hp.finalize_on == "workers" or (hp.finalize_on == "auto" and not torch.cuda.is_available())
         ds = ShardDataset(urls, sampler, counts, resampled=hp.resampled and train, finalize=in_workers,
@@ -321,10 +330,11 @@ class ShardDataModule(L.LightningDataModule):
         return ds
 
     def setup(self, stage: Optional[str] = None) -> None:
+        hp = self._hp
         if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = self._dataset(self.hparams.train_shards, self.train_sampler, train=True)
-        if stage in (None, "fit", "validate") and self.val_dataset is None and self.hparams.val_shards:
-            self.val_dataset = self._dataset(self.hparams.val_shards, self.val_sampler, train=False)
+            self.train_dataset = self._dataset(hp.train_shards, self.train_sampler, train=True)
+        if stage in (None, "fit", "validate") and self.val_dataset is None and hp.val_shards:
+            self.val_dataset = self._dataset(hp.val_shards, self.val_sampler, train=False)
 
     def _position(self) -> Optional[tuple[int, int, bool]]:
         """(epoch, batches finished in it, restarting from a checkpoint) of the trainer's fit loop, if fitting."""
@@ -340,7 +350,7 @@ class ShardDataModule(L.LightningDataModule):
         return int(trainer.current_epoch), int(done), bool(loop.restarting)
 
     def _loader(self, ds: ShardDataset, train: bool) -> DataLoader:
-        hp = self.hparams
+        hp = self._hp
         rank, world, _, _ = wds.utils.pytorch_worker_info()  # the main process, after DDP initialisation
         ds.rank_world = (rank, world)
         return _EpochLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
@@ -357,6 +367,7 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
+        assert self.train_dataset is not None  # setup("fit") builds it or raises
         return self._loader(self.train_dataset, train=True)
 
     def val_dataloader(self) -> Union[DataLoader, list]:
