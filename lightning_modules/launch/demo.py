@@ -138,9 +138,6 @@ def main(argv=None) -> int:
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--train-steps", type=int, default=400, help="lrm_tiny training steps (0: stop after the preview)")
     args = p.parse_args(argv)
-    from lightning_modules.launch.cli import quiet_third_party_deprecations
-
-    quiet_third_party_deprecations()  # a command, as `lift3d` is (tests call lift3d's main with args: all warnings)
     t0 = time.time()
     asset_dir = os.path.join(args.out, "assets")
     os.makedirs(asset_dir, exist_ok=True)
@@ -175,4 +172,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from lightning_modules.launch.cli import quiet_third_party_deprecations
+
+    quiet_third_party_deprecations()  # the command only, as for `lift3d` (tests call main and see every warning)
     raise SystemExit(main())
