@@ -27,7 +27,7 @@ import random
 import warnings
 import zipfile
 import zlib
-from typing import Any, Optional, Union, cast
+from typing import Any, Optional, Union
 
 import cv2
 import lightning as L
@@ -266,6 +266,8 @@ class _EpochLoader(DataLoader):
 class ShardDataModule(L.LightningDataModule):
     """LightningDataModule over shard format v1; every argument can be set from a LightningCLI ``data:`` block."""
 
+    hparams: AttributeDict  # what save_hyperparameters stores (Lightning's annotation widens it to a mapping)
+
     def __init__(self, train_shards: Union[str, list[str]], val_shards: Optional[Union[str, list[str]]] = None,
                  batch_size: int = 8, num_workers: int = 4, shuffle_buffer: int = 64, resampled: bool = True,
                  samples_per_epoch: Optional[int] = None, seed: int = 0, num_target_views: int = 4,
@@ -295,17 +297,11 @@ class ShardDataModule(L.LightningDataModule):
         """How the model's input views are prepared, in ``datamodules.images.ImageDataModule``'s terms: the source
         view at ``input_size`` as rendered (no re-framing: ``foreground_ratio`` 0) over ``background``. The systems
         record it in their checkpoints; ``lift3d predict`` prepares images the same way unless told otherwise."""
-        hp = self._hp
+        hp = self.hparams
         settings: dict[str, Any] = {"input_size": int(hp.input_size), "foreground_ratio": 0.0}
         if hp.background in ("white", "black"):
             settings["background"] = hp.background
         return settings
-
-    @property
-    def _hp(self) -> AttributeDict:
-        """``hparams`` with attribute access typed: save_hyperparameters stored an AttributeDict, which Lightning's
-        annotation widens to a plain mapping."""
-        return cast(AttributeDict, self.hparams)
 
     @property
     def errors(self) -> dict[str, int]:
@@ -314,7 +310,7 @@ class ShardDataModule(L.LightningDataModule):
         return {k: int(n) for k, n in zip(KINDS, totals) if n}
 
     def _dataset(self, spec, sampler, train: bool) -> ShardDataset:
-        hp = self._hp
+        hp = self.hparams
         urls, counts = resolve_shards(spec)
         in_workers = hp.finalize_on == "workers" or (hp.finalize_on == "auto" and not torch.cuda.is_available())
         ds = ShardDataset(urls, sampler, counts, resampled=hp.resampled and train, finalize=in_workers,
@@ -330,7 +326,7 @@ class ShardDataModule(L.LightningDataModule):
         return ds
 
     def setup(self, stage: Optional[str] = None) -> None:
-        hp = self._hp
+        hp = self.hparams
         if stage in (None, "fit") and self.train_dataset is None:
             self.train_dataset = self._dataset(hp.train_shards, self.train_sampler, train=True)
         if stage in (None, "fit", "validate") and self.val_dataset is None and hp.val_shards:
@@ -350,7 +346,7 @@ class ShardDataModule(L.LightningDataModule):
         return int(trainer.current_epoch), int(done), bool(loop.restarting)
 
     def _loader(self, ds: ShardDataset, train: bool) -> DataLoader:
-        hp = self._hp
+        hp = self.hparams
         rank, world, _, _ = wds.utils.pytorch_worker_info()  # the main process, after DDP initialisation
         ds.rank_world = (rank, world)
         return _EpochLoader(ds, batch_size=hp.batch_size, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
