@@ -166,8 +166,7 @@ class ReconstructionModule(L.LightningModule):
             bad |= ~torch.isfinite(grad_norm).to(bad.device)
         bad = self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
         self._nonfinite_in_row = self._nonfinite_in_row + 1 if bad else 0
-        self._skipped_steps += int(bad)
-        self.log("train/skipped_steps", float(self._skipped_steps), batch_size=1)
+        self._skipped_steps += int(bad)  # logged by optimizer_step (the loop's; a hand-driven engine step logs nothing)
         if not bad:
             return False
         step, n = self.global_step, self._nonfinite_in_row
@@ -199,6 +198,10 @@ class ReconstructionModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)  # runs the closure: backward, then configure_gradient_clipping
+        self.log("train/skipped_steps", float(self._skipped_steps), batch_size=1)
 
     # --- validation and test -------------------------------------------------------------------------------------
     def evaluate_batch(self, batch: dict, stage: str) -> None:
