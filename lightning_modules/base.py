@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Optional
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 
 MESH_FORMATS = ("glb", "obj", "ply")
@@ -48,6 +49,11 @@ class ReconstructionModule(L.LightningModule):
     RUNTIME: ClassVar[tuple[str, ...]] = ("mesh_resolution", "mesh_format", "predict_dir")
 
     net: torch.nn.Module
+    hparams: AttributeDict  # what save_hyperparameters stores (Lightning's annotation widens it to a mapping)
+    # the RUNTIME settings above, set by set_runtime
+    mesh_resolution: int
+    mesh_format: str
+    predict_dir: str
 
     #: optimiser steps in a row with a NaN/inf loss or gradient norm (each one dropped) that stop a run
     max_nonfinite_steps: int = 10
@@ -59,7 +65,11 @@ class ReconstructionModule(L.LightningModule):
     def save_settings(self) -> None:
         """Called in a subclass's ``__init__`` after ``super().__init__()``: its arguments except ``RUNTIME`` go to
         ``hparams`` (and the checkpoint), the ``RUNTIME`` ones to validated attributes."""
-        caller = inspect.currentframe().f_back
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        if caller is None:
+            raise RuntimeError("save_settings reads its caller's arguments from the call stack, which this Python "
+                               "does not expose (inspect.currentframe() is None): run lift3d on CPython")
         args = caller.f_locals
         missing = [name for name in self.RUNTIME if name not in args]
         if missing:

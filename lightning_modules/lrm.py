@@ -46,6 +46,10 @@ class LRMModule(ReconstructionModule):
     RUNTIME = (*ReconstructionModule.RUNTIME, "mesh_level", "turntable", "turntable_frames", "turntable_size",
                "max_nonfinite_steps")
     net: LRM
+    mesh_level: Optional[float]
+    turntable: Optional[str]
+    turntable_frames: int
+    turntable_size: int
 
     def __init__(self,
                  # architecture (typed blocks of lightning_modules.networks.lrm.config; defaults = the paper)

@@ -85,6 +85,12 @@ class One2345Module(ReconstructionModule):
     RUNTIME = (*ReconstructionModule.RUNTIME, "zero123_weights", "zero123_steps", "zero123_guidance_scale",
                "zero123_dtype", "elevation_deg", "source_size", "max_nonfinite_steps")
     net: One2345
+    zero123_weights: Optional[str]
+    zero123_steps: int
+    zero123_guidance_scale: float
+    zero123_dtype: str
+    elevation_deg: Optional[float]
+    source_size: int
 
     def __init__(self,
                  # architecture (typed blocks of lightning_modules.networks.one2345.config; defaults = the paper)
