@@ -22,6 +22,8 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -49,11 +51,11 @@ class CorruptSampleError(ValueError):
         return CorruptSampleError, (self.key, self.member, self.reason, self.kind)
 
 
-def sample_key(sample: dict) -> str:
+def sample_key(sample: Mapping[str, Any]) -> str:
     return str(sample.get("__key__", "?"))
 
 
-def _member(sample: dict, name: str) -> bytes:
+def _member(sample: Mapping[str, Any], name: str) -> bytes:
     data = sample.get(name)
     if data is None:
         present = sorted(k for k in sample if not k.startswith("__"))
@@ -66,7 +68,7 @@ def _member(sample: dict, name: str) -> bytes:
     return bytes(data)
 
 
-def read_meta(sample: dict) -> dict:
+def read_meta(sample: Mapping[str, Any]) -> dict:
     """Parsed ``meta.json``; checks the format tag and ``depth_scale``."""
     key = sample_key(sample)
     try:
@@ -85,7 +87,7 @@ def read_meta(sample: dict) -> dict:
     return meta
 
 
-def read_cameras(sample: dict, num_views: int | None = None) -> dict[str, np.ndarray]:
+def read_cameras(sample: Mapping[str, Any], num_views: int | None = None) -> dict[str, np.ndarray]:
     """``c2w`` (V,4,4) float32, ``K`` (V,3,3) float32, ``hw`` (V,2) int32 from ``cameras.npz``, shape-checked and
     each camera checked to be usable (:func:`camera_problem`)."""
     key = sample_key(sample)
@@ -169,7 +171,7 @@ def view_roles(meta: dict, num_views: int, key: str = "?") -> list[str]:
     return [str(r) for r in roles]
 
 
-def read_header(sample: dict) -> tuple[dict, dict[str, np.ndarray], list[str]]:
+def read_header(sample: Mapping[str, Any]) -> tuple[dict, dict[str, np.ndarray], list[str]]:
     """(meta, cameras, view roles) of a sample, checked against each other: the cheap members a caller reads
     before it picks views (``num_views`` cameras when meta.json gives it, one role per camera). The sample's key
     must follow the format's key rule (:func:`~render_farm.shards.spec.check_key`): readers name output files after
@@ -185,7 +187,7 @@ def read_header(sample: dict) -> tuple[dict, dict[str, np.ndarray], list[str]]:
     return meta, cams, view_roles(meta, len(cams["c2w"]), sample_key(sample))
 
 
-def _decode_png(sample: dict, name: str, channels: int, dtype, hw) -> np.ndarray:
+def _decode_png(sample: Mapping[str, Any], name: str, channels: int, dtype, hw) -> np.ndarray:
     key = sample_key(sample)
     buf = np.frombuffer(_member(sample, name), dtype=np.uint8)
     try:
@@ -204,27 +206,27 @@ def _decode_png(sample: dict, name: str, channels: int, dtype, hw) -> np.ndarray
     return img
 
 
-def decode_bgra(sample: dict, view: int, hw=None) -> np.ndarray:
+def decode_bgra(sample: Mapping[str, Any], view: int, hw=None) -> np.ndarray:
     """(H, W, 4) uint8 in OpenCV's BGRA order, straight alpha (what cv2 decodes; no conversion)."""
     return _decode_png(sample, view_member(view, "rgba"), 4, np.uint8, hw)
 
 
-def decode_rgba(sample: dict, view: int, hw=None) -> np.ndarray:
+def decode_rgba(sample: Mapping[str, Any], view: int, hw=None) -> np.ndarray:
     """(H, W, 4) uint8 RGBA, straight alpha, of view ``view``."""
     return cv2.cvtColor(decode_bgra(sample, view, hw), cv2.COLOR_BGRA2RGBA)
 
 
-def decode_depth_raw(sample: dict, view: int, hw=None) -> np.ndarray:
+def decode_depth_raw(sample: Mapping[str, Any], view: int, hw=None) -> np.ndarray:
     """(H, W) uint16 as stored (depth × depth_scale)."""
     return _decode_png(sample, view_member(view, "depth"), 1, np.uint16, hw)
 
 
-def decode_depth(sample: dict, view: int, depth_scale: float, hw=None) -> np.ndarray:
+def decode_depth(sample: Mapping[str, Any], view: int, depth_scale: float, hw=None) -> np.ndarray:
     """(H, W) float32 z-depth in metres; 0 = no surface."""
     return decode_depth_raw(sample, view, hw).astype(np.float32) * np.float32(1.0 / depth_scale)
 
 
-def decode_normal(sample: dict, view: int, hw=None) -> np.ndarray:
+def decode_normal(sample: Mapping[str, Any], view: int, hw=None) -> np.ndarray:
     """(H, W, 3) float32 world-space normals in [-1, 1]; 0 where the stored pixel is (0, 0, 0)."""
     bgr = _decode_png(sample, view_member(view, "normal"), 3, np.uint8, hw)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -233,7 +235,7 @@ def decode_normal(sample: dict, view: int, hw=None) -> np.ndarray:
     return n
 
 
-def check_views(sample: dict, indices, num_views: int, normals: bool = False) -> None:
+def check_views(sample: Mapping[str, Any], indices, num_views: int, normals: bool = False) -> None:
     """Raise if a selected view index is out of range or one of its members is absent (before any decoding)."""
     key = sample_key(sample)
     for i in indices:
