@@ -43,7 +43,7 @@ if os.environ.get("SLURM_JOB_ID"):  # before the heavy imports: a pre-emption si
 from typing import Optional  # noqa: E402
 
 import torch  # noqa: E402
-from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
+from lightning.pytorch import Callback, LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from lightning_modules.launch import checkpoints, cluster, tracking  # noqa: E402
@@ -278,9 +278,13 @@ class Lift3dCLI(LightningCLI):
             _say(f"W&B run {init.id} ({'continued' if reused else 'new'}; id kept in "
                  f"{os.path.join(run_dir, tracking.RUN_ID_FILE)})")
 
+    def _callbacks(self) -> list[Callback]:
+        """The Trainer's callback list, to read or extend in place."""
+        return self.trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning's CallbackConnector, undeclared
+
     # ------------------------------------------------------------------------------------------ fit
     def before_fit(self) -> None:
-        callbacks = self.trainer.callbacks
+        callbacks = self._callbacks()
         if not any(isinstance(cb, checkpoints.LastCheckpointOnFitEnd) for cb in callbacks):
             callbacks.append(checkpoints.LastCheckpointOnFitEnd())  # last.ckpt at the step the fit ends on
         if cluster.slurm_detected():
@@ -293,7 +297,7 @@ class Lift3dCLI(LightningCLI):
         tracking.LoggedConfig.extra = {"launch": self.launch_plan, "resume_from": self.resume_from}
 
     def after_fit(self) -> None:
-        preempted = [cb for cb in self.trainer.callbacks if isinstance(cb, cluster.Preemption) and cb.preempted]
+        preempted = [cb for cb in self._callbacks() if isinstance(cb, cluster.Preemption) and cb.preempted]
         if not self.trainer.is_global_zero:
             return
         hint = tracking.sync_hint(self.trainer)
@@ -312,9 +316,9 @@ class Lift3dCLI(LightningCLI):
         writer has them, so the Trainer does not also keep every batch's meshes in memory."""
         from lightning_modules.prediction import PredictionWriter, check_output_dir
 
-        if not any(isinstance(cb, PredictionWriter) for cb in self.trainer.callbacks):
-            self.trainer.callbacks.append(PredictionWriter())
-        for cb in self.trainer.callbacks:  # before any inference: a directory that cannot be written stops here
+        if not any(isinstance(cb, PredictionWriter) for cb in self._callbacks()):
+            self._callbacks().append(PredictionWriter())
+        for cb in self._callbacks():  # before any inference: a directory that cannot be written stops here
             if isinstance(cb, PredictionWriter):
                 try:
                     check_output_dir(cb.output_dir or self.model.predict_dir)

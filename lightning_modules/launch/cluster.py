@@ -24,7 +24,7 @@ import re
 import signal
 import subprocess
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -83,8 +83,8 @@ def check_launch(num_nodes: int, devices, batch_size: Optional[int], accumulate_
     env = os.environ if env is None else env
     errors: list[str] = []
     per_node = _device_count(devices)
-    plan = {"num_nodes": num_nodes, "devices": per_node, "batch_size": batch_size,
-            "accumulate_grad_batches": accumulate_grad_batches, "slurm": in_slurm_job(env)}
+    plan: dict[str, Any] = {"num_nodes": num_nodes, "devices": per_node, "batch_size": batch_size,
+                            "accumulate_grad_batches": accumulate_grad_batches, "slurm": in_slurm_job(env)}
     if plan["slurm"] and env.get("SLURM_NTASKS"):
         nodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
         ntasks = int(env["SLURM_NTASKS"])

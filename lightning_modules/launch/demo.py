@@ -48,7 +48,7 @@ def build_datamodule(config_path: str, shards: str):
 def preview(batch: dict, path: str) -> None:
     """One row per sample: input view | supervision views | their depth (normalised), enlarged 3×."""
     grid = image_grid(batch, max_samples=batch["input_image"].shape[0])
-    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.Resampling.NEAREST).save(path)
 
 
 def write_source_views(shard_dir: str, out_dir: str) -> list[str]:
