@@ -288,5 +288,6 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         self.setup("predict")
+        assert self.predict_dataset is not None  # setup("predict") builds it or raises
         return DataLoader(self.predict_dataset, batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, persistent_workers=False)
