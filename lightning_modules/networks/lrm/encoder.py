@@ -5,17 +5,18 @@
 With ``img_size: 512`` the 14×14 positional embedding is interpolated to 32×32 (timm does it when it loads weights),
 giving 1024 patch tokens + CLS of width D = 768. Weights come from a local checkpoint (``checkpoint_path``: a timm /
 PyTorch state dict, ``.pth``/``.bin``/``.safetensors``), from the hub (``pretrained: true``, when reachable), or are
-random (``pretrained: false``, tests and tiny configs). ``overrides`` change the architecture (e.g. depth, embed_dim of a
-tiny model) and ``freeze`` stops its gradients.
+random (``pretrained: false``, tests and tiny configs). ``overrides`` change the architecture (e.g. depth, embed_dim of
+a tiny model) and ``freeze`` stops its gradients.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Optional, cast
 
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,6 +24,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DinoEncoder(nn.Module):
+    vit: VisionTransformer  # timm's factory is typed as returning any Module; the DINO names build a ViT
+    mean: torch.Tensor  # (1, 3, 1, 1) ImageNet normalisation buffers
+    std: torch.Tensor
+
     def __init__(self, model_name: str = "vit_base_patch16_224.dino", img_size: int = 512, pretrained: bool = False,
                  checkpoint_path: Optional[str] = None, freeze: bool = False, overrides: Optional[dict] = None,
                  grad_checkpointing: bool = False):
@@ -34,7 +39,8 @@ class DinoEncoder(nn.Module):
                                         f"{model_name} weights (a timm/PyTorch state dict), or set pretrained: false")
             kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(checkpoint_path))
         try:
-            self.vit = timm.create_model(model_name, pretrained=bool(pretrained or checkpoint_path), **kwargs)
+            self.vit = cast(VisionTransformer,
+                            timm.create_model(model_name, pretrained=bool(pretrained or checkpoint_path), **kwargs))
         except Exception as exc:  # timm raises many kinds (hub offline, bad name, shape mismatch)
             where = checkpoint_path or "the Hugging Face hub"
             raise RuntimeError(f"could not build encoder {model_name!r} with weights from {where}: {exc}. Offline, "
