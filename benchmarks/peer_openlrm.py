@@ -62,7 +62,7 @@ import sys
 import time
 import types
 import warnings
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -73,6 +73,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from configs import ROOT, load_block, load_model_block  # noqa: E402
 from geometry.rays import canonicalize_cameras  # noqa: E402
 from geometry.rigs import lrm32  # noqa: E402
+
+if TYPE_CHECKING:
+    from lightning_modules.networks.lrm.model import LRM
 
 DEFAULT_CONFIG = os.path.join("configs", "experiments", "lrm_small.yaml")
 HOW_TO_GET = ("get a checkout of OpenLRM outside this repository (git clone https://github.com/3DTopia/OpenLRM "
@@ -169,7 +172,8 @@ class Marks:
     """Named time points of one step: perf_counter on a CPU, CUDA events on a GPU."""
 
     def __init__(self, device: torch.device):
-        self.device, self.points = device, {}
+        self.device = device
+        self.points: dict[str, Any] = {}  # name → a CUDA event or a perf_counter reading
 
     def __call__(self, name: str) -> None:
         if self.device.type == "cuda":
@@ -327,8 +331,8 @@ def import_openlrm(checkout: str) -> tuple[types.ModuleType, list[str]]:
     provided = []
     if importlib.util.find_spec("accelerate") is None:
         acc, acc_log = types.ModuleType("accelerate"), types.ModuleType("accelerate.logging")
-        acc_log.get_logger = lambda name, log_level=None: logging.getLogger(name)
-        acc.logging = acc_log
+        setattr(acc_log, "get_logger", lambda name, log_level=None: logging.getLogger(name))  # stand-in modules
+        setattr(acc, "logging", acc_log)
         sys.modules["accelerate"], sys.modules["accelerate.logging"] = acc, acc_log
         provided.append("accelerate.logging.get_logger → logging.getLogger (accelerate is not installed)")
     torch._dynamo.config.disable = True  # OpenLRM's training configs: compile.disable: true
@@ -341,7 +345,7 @@ def import_openlrm(checkout: str) -> tuple[types.ModuleType, list[str]]:
 class OpenLRMSide:
     name = "openlrm"
 
-    def __init__(self, checkout: str, lift3d_net: torch.nn.Module, model_cfg: dict, clip: float,
+    def __init__(self, checkout: str, lift3d_net: LRM, model_cfg: dict, clip: float,
                  device: torch.device, precision: str):
         import lpips
         from torch import nn
@@ -353,10 +357,11 @@ class OpenLRMSide:
 
         enc, tr, field, rnd = (lift3d_net.encoder, lift3d_net.transformer, lift3d_net.field, lift3d_net.renderer)
         vit = enc.vit
-        self.notes = []
+        vit_block: Any = vit.blocks[0]  # a timm Block (blocks is typed as a Sequential of Modules)
+        self.notes: list[str] = []
         vit_config = ViTConfig(hidden_size=vit.embed_dim, num_hidden_layers=len(vit.blocks),
-                               num_attention_heads=vit.blocks[0].attn.num_heads,
-                               intermediate_size=vit.blocks[0].mlp.fc1.out_features, image_size=enc.img_size,
+                               num_attention_heads=vit_block.attn.num_heads,
+                               intermediate_size=vit_block.mlp.fc1.out_features, image_size=enc.img_size,
                                patch_size=enc.patch, qkv_bias=True, layer_norm_eps=1e-6, hidden_act="gelu")
         mean, std = enc.mean.flatten().tolist(), enc.std.flatten().tolist()
 
@@ -369,7 +374,7 @@ class OpenLRMSide:
                 return (ViTModel(vit_config, add_pooling_layer=False),
                         ViTImageProcessor(do_resize=False, do_rescale=False, image_mean=mean, image_std=std))
 
-        class RandomEncoderLRM(modeling_lrm.ModelLRM):
+        class RandomEncoderLRM(modeling_lrm.ModelLRM):  # type: ignore[name-defined]  # imported from the checkout
             @staticmethod
             def _encoder_fn(encoder_type):
                 return RandomDino
@@ -378,9 +383,10 @@ class OpenLRMSide:
         if rnd.num_coarse != rnd.num_fine:
             self.notes.append(f"OpenLRM splits samples per ray in halves: {samples // 2} + {samples // 2} against "
                               f"lift3d's {rnd.num_coarse} + {rnd.num_fine}")
+        tr_block: Any = tr.blocks[0]  # a TransformerBlock (blocks is typed as a ModuleList of Modules)
         self.model = RandomEncoderLRM(
             camera_embed_dim=lift3d_net.camera_embedder.mlp[0].out_features, rendering_samples_per_ray=samples,
-            transformer_dim=tr.dim, transformer_layers=len(tr.blocks), transformer_heads=tr.blocks[0].attn.heads,
+            transformer_dim=tr.dim, transformer_layers=len(tr.blocks), transformer_heads=tr_block.attn.heads,
             triplane_low_res=tr.token_res, triplane_high_res=2 * tr.token_res,
             triplane_dim=tr.upsample.out_channels, encoder_freeze=enc.frozen, encoder_type="dino",
             encoder_model_name="random", encoder_feat_dim=enc.dim)
@@ -400,13 +406,14 @@ class OpenLRMSide:
         self.lpips_weight = float(hp.get("lpips_weight", 2.0))
         self.mask_weight, self.tv_weight = float(hp.get("mask_weight", 0.0)), float(hp.get("tv_weight", 0.0))
         if hp.get("depth_weight"):
-            self.notes.append("depth loss: OpenLRM has none; lift3d's config weights one (its cost is on lift3d's side)")
+            self.notes.append("depth loss: OpenLRM has none; lift3d's config weights one (its cost is on lift3d's "
+                              "side)")
         self.lpips = None
         if self.lpips_weight > 0:  # OpenLRM's LPIPSLoss: lpips.LPIPS(net="vgg"); random backbone as lift3d's
             self.lpips = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, eval_mode=True, verbose=False)
             self.lpips.requires_grad_(False).to(device)
         # OpenLRM's optimiser groups (runners/train/lrm.py): LayerNorm and biases without decay
-        no_decay = []
+        no_decay: list[torch.Tensor] = []
         for module in self.model.modules():
             if isinstance(module, nn.LayerNorm):
                 no_decay.extend(module.parameters())
@@ -537,10 +544,12 @@ def run(args: argparse.Namespace, argv) -> dict:
 
     torch.manual_seed(0)
     lift3d = Lift3dSide(model_cfg, clip, device, precision)
-    sides = [lift3d]
+    sides: list[Lift3dSide | OpenLRMSide] = [lift3d]
+    openlrm: Optional[OpenLRMSide] = None
     if checkout:
         torch.manual_seed(0)
-        sides.append(OpenLRMSide(checkout, lift3d.module.net, model_cfg, clip, device, precision))
+        openlrm = OpenLRMSide(checkout, lift3d.module.net, model_cfg, clip, device, precision)
+        sides.append(openlrm)
     inputs = synthetic_inputs(lift3d.module.net.encoder.img_size, target_size, batch, views, crop,
                               model_cfg.get("camera_distance", 2.0))
     batches = {"lift3d": to_device(inputs["lift3d"], device),
@@ -554,7 +563,7 @@ def run(args: argparse.Namespace, argv) -> dict:
         for _ in range(args.warmup):
             side.step(batches[side.name])
     peak = PeakMemory(device)
-    times = {s.name: [] for s in sides}
+    times: dict[str, list[dict[str, float]]] = {s.name: [] for s in sides}
     rises = {s.name: 0 for s in sides}
     for r in range(args.rounds):
         for side in (sides if r % 2 == 0 else sides[::-1]):
@@ -580,10 +589,10 @@ def run(args: argparse.Namespace, argv) -> dict:
         result[f"stages_{side.name}"] = med
         result[f"step_s_{side.name}"] = [t["step"] for t in times[side.name]]
         result[f"optimizer_{side.name}"] = side.optimizer_path()
-    if checkout:
+    if openlrm is not None:  # set exactly when a checkout was given
         ratios = [o["step"] / li["step"] for li, o in zip(times["lift3d"], times["openlrm"])]
         result.update(speedup=float(np.median(ratios)), speedup_min=min(ratios), speedup_max=max(ratios),
-                      ratios=ratios, notes=sides[1].notes, provided=sides[1].provided)
+                      ratios=ratios, notes=openlrm.notes, provided=openlrm.provided)
     report(result, [s.name for s in sides])
     if args.json:
         with open(args.json, "w") as f:
