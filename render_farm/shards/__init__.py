@@ -4,7 +4,8 @@ Every producer (render farm, MVImgNet conversion, the Zero123 pass) and every re
 evaluation, the demo) imports the format from here; docs/DESIGN.md "Shard format v1" is its contract.
 
     spec.py       the constants: the format tag, the key rule ``[A-Za-z0-9_-]`` (check_key, sanitise_key), the
-                  member names (``NNN.rgba.png``, ``NNN.depth.png``, ``NNN.normal.png``, cameras.npz, meta.json),
+                  member names (``NNN.rgba.png``, ``NNN.depth.png``, ``NNN.normal.png``, cameras.npz, meta.json,
+                  the optional mesh.npz),
                   and safe_output_path, the one way a command names a per-object file after a key
     write.py      encoding (encode_png, encode_cameras, encode_sample) and the crash-safe, resumable ShardWriter
                   with its done-lists, failure manifest and ``index.json``
@@ -19,20 +20,20 @@ Imports point one way: this package needs numpy and OpenCV, never torch, Lightni
 """
 
 from render_farm.shards.read import (KINDS, CorruptSampleError, check_views, decode_bgra, decode_depth,
-                                     decode_depth_raw, decode_normal, decode_rgba, read_cameras, read_header,
-                                     read_meta, sample_key, view_roles)
-from render_farm.shards.spec import (CAMERAS, FORMAT, KEY_RE, MAX_VIEWS, META, VIEW_KINDS, check_key,
+                                     decode_depth_raw, decode_normal, decode_rgba, has_gt_mesh, read_cameras,
+                                     read_gt_mesh, read_header, read_meta, sample_key, view_roles)
+from render_farm.shards.spec import (CAMERAS, FORMAT, GT_MESH, KEY_RE, MAX_VIEWS, META, VIEW_KINDS, check_key,
                                      safe_output_path, sanitise_key, view_member)
 from render_farm.shards.tar_index import (LazySample, ShardIndexError, TarScanError, index_counts, read_index,
                                          resolve_shards, scan_samples)
 from render_farm.shards.write import (SettingsMismatchError, ShardWriter, TaskPaths, check_settings, count_samples,
-                                      encode_cameras, encode_png, encode_sample, update_index)
+                                      encode_cameras, encode_mesh, encode_png, encode_sample, update_index)
 
 __all__ = [
-    "CAMERAS", "FORMAT", "KEY_RE", "KINDS", "MAX_VIEWS", "META", "VIEW_KINDS", "CorruptSampleError", "LazySample",
+    "CAMERAS", "FORMAT", "GT_MESH", "KEY_RE", "KINDS", "MAX_VIEWS", "META", "VIEW_KINDS", "CorruptSampleError", "LazySample",
     "SettingsMismatchError", "ShardIndexError", "ShardWriter", "TarScanError", "TaskPaths", "check_key",
     "check_settings", "check_views", "count_samples",
-    "decode_bgra", "decode_depth", "decode_depth_raw", "decode_normal", "decode_rgba", "encode_cameras", "encode_png",
-    "encode_sample", "index_counts", "read_cameras", "read_index", "read_header", "read_meta", "resolve_shards",
+    "decode_bgra", "decode_depth", "decode_depth_raw", "decode_normal", "decode_rgba", "encode_cameras", "encode_mesh",
+    "encode_png", "encode_sample", "has_gt_mesh", "read_gt_mesh", "index_counts", "read_cameras", "read_index", "read_header", "read_meta", "resolve_shards",
     "safe_output_path", "sample_key", "sanitise_key", "scan_samples", "update_index", "view_member", "view_roles",
 ]
