@@ -253,10 +253,11 @@ def read_gt_mesh(sample: dict) -> tuple[np.ndarray, np.ndarray] | None:
     key, raw = sample_key(sample), _member(sample, GT_MESH)
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            missing = [n for n in ("vertices", "faces") if n not in npz.files]
+            if missing:
+                raise CorruptSampleError(key, GT_MESH, f"array {missing[0]!r} is missing (it holds {npz.files}); "
+                                         "expected vertices and faces", kind="bad_mesh")
             verts, faces = np.asarray(npz["vertices"]), np.asarray(npz["faces"])
-    except KeyError as exc:
-        raise CorruptSampleError(key, GT_MESH, f"array {exc} is missing; expected vertices and faces",
-                                 kind="bad_mesh") from exc
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise CorruptSampleError(key, GT_MESH, f"not a readable .npz ({exc})", kind="bad_mesh") from exc
     if verts.ndim != 2 or verts.shape[1] != 3 or not np.issubdtype(verts.dtype, np.floating) \
