@@ -66,6 +66,9 @@ for frame in (1, 10):
     pose.keyframe_insert("rotation_euler", frame=frame)
 scene.frame_set(1)
 bpy.ops.export_scene.gltf(filepath=sys.argv[-1], export_format="GLB", export_animations=True, export_skins=True)
+sys.stdout.flush()
+import os
+os._exit(0)  # bpy can crash in interpreter shutdown after an export; the file is complete here
 '''
 
 
