@@ -44,7 +44,7 @@ class SceneSettings:
     lighting: str = "fixed"  # fixed | random
     seed: int = 0
     max_faces: int = 5_000_000
-    gt_mesh_faces: int = 200_000  # the rendered geometry stored as mesh.npz, decimated above this many triangles; 0: off
+    gt_mesh_faces: int = 200_000  # the rendered geometry stored as mesh.npz, decimated above this many faces; 0: off
 
 
 @dataclass

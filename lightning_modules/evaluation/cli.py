@@ -53,8 +53,14 @@ import torch
 
 from datamodules.shard_datamodule import DATA_ERRORS
 from lightning_modules.evaluation.reconstruction import LRMReconstructor, list_objects, read_checkpoint_settings
-from lightning_modules.evaluation.report import (_fmt, log_wandb, metric_failures, summarise, summary_table,
-                                                 write_reports)
+from lightning_modules.evaluation.report import (
+    _fmt,
+    log_wandb,
+    metric_failures,
+    summarise,
+    summary_table,
+    write_reports,
+)
 from lightning_modules.evaluation.scoring import ObjectEvaluator
 from lightning_modules.launch import tracking
 from render_farm.shards import safe_output_path
@@ -171,8 +177,9 @@ def _evaluate(fabric, args) -> Optional[dict]:
     failures = damage + failures + metric_failures(records)
     summary = summarise(records, failures, seconds)
     settings = {"ckpt": os.path.abspath(args.ckpt), "shards": " ".join(args.shards), "world_size": world,
-                "input_view": args.input_view, "gt": "the stored mesh.npz, else " + (f"the asset file under {args.gt_meshes}, else " if args.gt_meshes
-                                                     else "") + "the depth points",
+                "input_view": args.input_view,
+                "gt": "the stored mesh.npz, else " + (f"the asset file under {args.gt_meshes}, else "
+                                                      if args.gt_meshes else "") + "the depth points",
                 "align": args.align, "num_points": args.num_points, "render_size": args.render_size,
                 "background": args.background, "git_commit": tracking.git_state()["commit"],
                 "command": " ".join(sys.argv)}

@@ -1,6 +1,7 @@
 """The report of ``lift3d evaluate``: per-object records summarised (mean / median / std overall and per category,
-objects/min; geometry per ground-truth source, never pooled across sources; objects whose geometry could not be scored
-counted as failures with their reason), written as ``metrics.jsonl``, ``failures.jsonl``, ``summary.json``, ``summary.md``, ``report.md`` and
+objects/min; geometry per ground-truth source, never pooled across sources; objects whose geometry could not be
+scored counted as failures with their reason), written as ``metrics.jsonl``, ``failures.jsonl``, ``summary.json``,
+``summary.md``, ``report.md`` and
 ``report.html`` (the summary, a row per object with its input | renders | ground truth | depth strip, a histogram
 PNG per metric, failures), and logged to W&B (a ``wandb.Table`` with one row per object, its strip as an image, and
 the summary).
@@ -180,14 +181,15 @@ def _rotation_note(records: list[dict]) -> str:
     if not angles:
         return "No object was aligned."
     big, key = max(angles)
-    return (f"Rotation applied per object: column 'align rotation (°)'; median {np.median([a for a, _ in angles]):.1f}°, "
-            f"largest {big:.1f}° ({key}).")
+    median = float(np.median([a for a, _ in angles]))
+    return f"Rotation per object: column 'align rotation (°)', median {median:.1f}°, largest {big:.1f}° ({key})."
 
 
 def _source_counts(records: list[dict]) -> str:
     counts: dict[str, int] = {}
     for r in records:
-        counts[gt_source(r) if r.get("gt") else "none"] = counts.get(gt_source(r) if r.get("gt") else "none", 0) + 1
+        src = gt_source(r) if r.get("gt") else "none"
+        counts[src] = counts.get(src, 0) + 1
     return ", ".join(f"{n} × {src}" for src, n in sorted(counts.items())) or "no objects"
 
 

@@ -208,7 +208,8 @@ class ObjectEvaluator:
             gt, record["gt"], record["gt_note"] = ground_truth(sample, meta, cams, self.assets)
         except (ValueError, OSError) as exc:  # no depth in any view, an unreadable mesh file or member
             record["gt"], gt = None, None
-            record["geometry_error"] = "; ".join(filter(None, [record.get("geometry_error"), f"no ground truth: {exc}"]))
+            earlier = record.get("geometry_error")
+            record["geometry_error"] = (f"{earlier}; " if earlier else "") + f"no ground truth: {exc}"
         if record["gt"] == "depth_points" and self.assets is not None:
             _rank_zero_warning(f"{key}: scored against depth points: {record['gt_note']}")
         if verts is not None:

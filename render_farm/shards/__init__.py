@@ -30,10 +30,12 @@ from render_farm.shards.write import (SettingsMismatchError, ShardWriter, TaskPa
                                       encode_cameras, encode_mesh, encode_png, encode_sample, update_index)
 
 __all__ = [
-    "CAMERAS", "FORMAT", "GT_MESH", "KEY_RE", "KINDS", "MAX_VIEWS", "META", "VIEW_KINDS", "CorruptSampleError", "LazySample",
+    "CAMERAS", "FORMAT", "GT_MESH", "KEY_RE", "KINDS", "MAX_VIEWS", "META", "VIEW_KINDS", "CorruptSampleError",
+    "LazySample",
     "SettingsMismatchError", "ShardIndexError", "ShardWriter", "TarScanError", "TaskPaths", "check_key",
     "check_settings", "check_views", "count_samples",
     "decode_bgra", "decode_depth", "decode_depth_raw", "decode_normal", "decode_rgba", "encode_cameras", "encode_mesh",
-    "encode_png", "encode_sample", "has_gt_mesh", "read_gt_mesh", "index_counts", "read_cameras", "read_index", "read_header", "read_meta", "resolve_shards",
+    "encode_png", "encode_sample", "has_gt_mesh", "index_counts", "read_cameras", "read_gt_mesh", "read_index",
+    "read_header", "read_meta", "resolve_shards",
     "safe_output_path", "sample_key", "sanitise_key", "scan_samples", "update_index", "view_member", "view_roles",
 ]

@@ -7,8 +7,16 @@ import pytest
 import webdataset as wds
 
 from render_farm.config import RenderConfig, RenderSettingsError
-from render_farm.shards import (GT_MESH, CorruptSampleError, ShardWriter, encode_sample, has_gt_mesh, read_gt_mesh,
-                                read_header, scan_samples)
+from render_farm.shards import (
+    GT_MESH,
+    CorruptSampleError,
+    ShardWriter,
+    encode_sample,
+    has_gt_mesh,
+    read_gt_mesh,
+    read_header,
+    scan_samples,
+)
 
 
 def _views(n=2, size=8):
