@@ -252,10 +252,76 @@ def passes_to_views(passes: dict[str, np.ndarray], depth_scale: float) -> dict[s
     return {"rgba": rgba8, "depth": depth_q.astype(np.uint16), "normal": normal8}
 
 
+def rendered_mesh(max_faces: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The geometry as Cycles renders it: every visible mesh object evaluated by the depsgraph (modifiers, armature
+    skinning, shape keys, the current frame's pose), triangulated, in the normalised world. Above ``max_faces``
+    triangles it is decimated with Blender's Decimate modifier (collapse) to about that many. Returns (vertices
+    float32 (V, 3), faces int32 (F, 3), info for meta.json)."""
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    verts, faces, offset = [], [], 0
+    for obj in bpy.context.scene.objects:
+        if obj.type != "MESH" or obj.hide_render:
+            continue
+        ev = obj.evaluated_get(depsgraph)
+        mesh = ev.to_mesh()
+        mesh.calc_loop_triangles()
+        n, t = len(mesh.vertices), len(mesh.loop_triangles)
+        if n and t:
+            co = np.empty(n * 3, dtype=np.float64)
+            mesh.vertices.foreach_get("co", co)
+            tri = np.empty(t * 3, dtype=np.int64)
+            mesh.loop_triangles.foreach_get("vertices", tri)
+            mw = np.array(ev.matrix_world)
+            verts.append(co.reshape(-1, 3) @ mw[:3, :3].T + mw[:3, 3])
+            faces.append(tri.reshape(-1, 3) + offset)
+            offset += n
+        ev.to_mesh_clear()
+    if not faces:
+        raise AssetError("no rendered mesh faces to store as the ground-truth mesh")
+    v, f = np.concatenate(verts), np.concatenate(faces)
+    info = {"faces": int(len(f)), "rendered_faces": int(len(f)), "decimated": False}
+    if len(f) > max_faces:
+        v, f = _decimate(v, f, max_faces / len(f))
+        info.update(faces=int(len(f)), decimated=True)
+    return v.astype(np.float32), f.astype(np.int32), info
+
+
+def _decimate(verts: np.ndarray, faces: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """``verts``/``faces`` through Blender's Decimate modifier (collapse, ``ratio``) on a scratch object that is
+    removed again (so the scene that was rendered is unchanged)."""
+    mesh = bpy.data.meshes.new("lift3d_gt_mesh")  # built with foreach_set: from_pydata's lists are slow at 1M faces
+    mesh.vertices.add(len(verts))
+    mesh.vertices.foreach_set("co", verts.astype(np.float32).ravel())
+    mesh.loops.add(3 * len(faces))
+    mesh.loops.foreach_set("vertex_index", faces.astype(np.int32).ravel())
+    mesh.polygons.add(len(faces))
+    mesh.polygons.foreach_set("loop_start", np.arange(0, 3 * len(faces), 3, dtype=np.int32))
+    mesh.update(calc_edges=True)
+    obj = bpy.data.objects.new("lift3d_gt_mesh", mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    try:
+        mod = obj.modifiers.new("lift3d_decimate", "DECIMATE")
+        mod.decimate_type, mod.ratio, mod.use_collapse_triangulate = "COLLAPSE", float(ratio), True
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        ev = obj.evaluated_get(depsgraph)
+        out = ev.to_mesh()
+        out.calc_loop_triangles()
+        co = np.empty(len(out.vertices) * 3, dtype=np.float64)
+        out.vertices.foreach_get("co", co)
+        tri = np.empty(len(out.loop_triangles) * 3, dtype=np.int64)
+        out.loop_triangles.foreach_get("vertices", tri)
+        ev.to_mesh_clear()
+    finally:
+        bpy.data.objects.remove(obj)
+        bpy.data.meshes.remove(mesh)
+    return co.reshape(-1, 3), tri.reshape(-1, 3)
+
+
 def render_object(path: str, rig: Rig, settings: RenderSettings, depth_scale: float, workdir: str | None = None,
                   rng: np.random.Generator | None = None, allow_missing_textures: bool = False) -> dict:
     """Import ``path``, normalise it and render every rig view. Returns arrays and metadata for the shard
-    (``warnings``: what :func:`check_asset` let through, e.g. missing textures when allowed)."""
+    (``warnings``: what :func:`check_asset` let through, e.g. missing textures when allowed; ``gt_mesh``: the
+    rendered geometry, :func:`rendered_mesh`, unless ``settings.gt_mesh_faces`` is 0)."""
     reset_scene()
     warnings: list[str] = []
     import_asset(path, allow_missing_textures, warnings)
@@ -276,6 +342,7 @@ def render_object(path: str, rig: Rig, settings: RenderSettings, depth_scale: fl
             os.remove(exr)
             c2ws.append(c2w)
             Ks.append(K)
+    gt_mesh = rendered_mesh(settings.gt_mesh_faces) if settings.gt_mesh_faces > 0 else None
     return {
         "views": views,
         "c2w": np.stack(c2ws).astype(np.float32),
@@ -285,4 +352,5 @@ def render_object(path: str, rig: Rig, settings: RenderSettings, depth_scale: fl
         "faces": int(faces),
         "lighting": lighting,
         "warnings": warnings,
+        "gt_mesh": gt_mesh,  # (vertices, faces, info) of rendered_mesh, or None with gt_mesh_faces: 0
     }

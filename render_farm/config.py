@@ -44,6 +44,7 @@ class SceneSettings:
     lighting: str = "fixed"  # fixed | random
     seed: int = 0
     max_faces: int = 5_000_000
+    gt_mesh_faces: int = 200_000  # the rendered geometry stored as mesh.npz, decimated above this many faces; 0: off
 
 
 @dataclass
@@ -94,7 +95,7 @@ class RenderConfig(SceneSettings):
                      "max_file_mb", "max_faces"):
             if getattr(self, name) <= 0:
                 problems.append(f"{where(name)} must be positive, got {getattr(self, name)}")
-        for name in ("threads_per_worker",):
+        for name in ("threads_per_worker", "gt_mesh_faces"):
             if getattr(self, name) < 0:
                 problems.append(f"{where(name)} must be 0 (automatic) or positive, got {getattr(self, name)}")
         if not problems:

@@ -59,9 +59,14 @@ def render_job(job: dict) -> dict:
     }
     if out["warnings"]:
         meta["warnings"] = out["warnings"]
+    mesh = None
+    if out["gt_mesh"] is not None:
+        verts, faces, info = out["gt_mesh"]
+        mesh = (verts, faces)
+        meta["gt_mesh"] = {**info, "max_faces": settings.gt_mesh_faces, "frame": bpy.context.scene.frame_current}
     if "neighbours_of" in rig.extra:
         meta["neighbours_of"] = {str(k): v for k, v in rig.extra["neighbours_of"].items()}
-    sample = encode_sample(job["uid"], out["views"], out["c2w"], out["K"], out["hw"], meta)
+    sample = encode_sample(job["uid"], out["views"], out["c2w"], out["K"], out["hw"], meta, mesh=mesh)
     seconds = time.time() - t0
     return {"sample": sample, "record": {"views": len(rig), "seconds": round(seconds, 3),
                                          "worker_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

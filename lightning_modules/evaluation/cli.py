@@ -13,11 +13,14 @@ Per object of the shards (format v1, typically rendered with the ``eval24`` rig)
    (``lightning_modules.metrics.image``); the object's figure is the mean over its held-out views.
 3. **Geometry** (``lightning_modules.metrics.geometry``, the TripoSR protocol): the mesh (marching cubes of the
    model's field) is mapped from the model's canonical frame back to the shard's normalised world with the input
-   camera; the ground truth is the asset's mesh from ``--gt-meshes`` (``<key>.glb|gltf|obj|ply|stl|off``,
-   normalised with the sample's meta.json) or, without it, the surface the shard's depth maps see (every view
-   back-projected, thinned to one point per 1/256 voxel). 10K surface points of each, a rotation search + ICP
-   (``--align none`` turns it off), Chamfer distance, F-score at 0.05 (One-2-3-45), 0.1, 0.2 and 0.5 (TripoSR), and
-   volume IoU when both are watertight meshes.
+   camera; the ground truth is, per object, the geometry exactly as Blender rendered it (the sample's ``mesh.npz``,
+   record ``gt: shard_mesh``); for samples without it, the asset file under ``--gt-meshes`` (searched recursively,
+   matched through the source path meta.json records; ``asset_file``); else the surface the shard's depth maps see
+   (every view back-projected, thinned to one point per 1/128 voxel; ``depth_points``). 10K surface points of each,
+   a rotation search + ICP (``--align``; the report states the mode and each object's rotation angle), Chamfer
+   distance, F-score at 0.05 (One-2-3-45), 0.1, 0.2 and 0.5 (TripoSR), and volume IoU when both are watertight
+   meshes. Geometry metrics are summarised per ground-truth source, never averaged across sources; an object without
+   ground truth or with a failed geometry metric is a failure (stage ``geometry``) with its reason.
 
 Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per object: key, category, every metric, seconds),
 ``failures.jsonl`` (objects that could not be read or reconstructed, with the reason), ``summary.json`` and
@@ -50,7 +53,14 @@ import torch
 
 from datamodules.shard_datamodule import DATA_ERRORS
 from lightning_modules.evaluation.reconstruction import LRMReconstructor, list_objects, read_checkpoint_settings
-from lightning_modules.evaluation.report import _fmt, log_wandb, summarise, summary_table, write_reports
+from lightning_modules.evaluation.report import (
+    _fmt,
+    log_wandb,
+    metric_failures,
+    summarise,
+    summary_table,
+    write_reports,
+)
 from lightning_modules.evaluation.scoring import ObjectEvaluator
 from lightning_modules.launch import tracking
 from render_farm.shards import resolve_shards, safe_output_path
@@ -93,8 +103,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--render-size", type=int, default=0, help="held-out views rendered and compared at this size "
                    "(0: the stored resolution)")
     p.add_argument("--background", default="white", choices=["white", "black"])
-    p.add_argument("--gt-meshes", help="directory of ground-truth meshes <key>.glb|gltf|obj|ply|stl|off (the "
-                   "rendered assets); without it the depth maps' points are the ground truth")
+    p.add_argument("--gt-meshes", help="directory of the rendered asset files (.glb|gltf|obj|ply|stl|off, searched "
+                   "recursively, matched through meta.json's source path, then uid, then key): the ground truth of "
+                   "samples without a stored mesh.npz; without it such samples are scored against their depth points")
     p.add_argument("--categories", help="JSON {key: category} or CSV key,category (meta.json's category wins)")
     p.add_argument("--num-points", type=int, default=10_000, help="surface points per shape")
     p.add_argument("--align", default="yaw", choices=["yaw", "cube", "none"],
@@ -163,10 +174,12 @@ def _evaluate(fabric, args) -> Optional[dict]:
     if rank != 0:
         return None
     records.sort(key=lambda r: r["key"])
-    failures = damage + failures
+    failures = damage + failures + metric_failures(records)
     summary = summarise(records, failures, seconds)
     settings = {"ckpt": os.path.abspath(args.ckpt), "shards": " ".join(args.shards), "world_size": world,
-                "input_view": args.input_view, "gt": "meshes in " + args.gt_meshes if args.gt_meshes else "depth",
+                "input_view": args.input_view,
+                "gt": "the stored mesh.npz, else " + (f"the asset file under {args.gt_meshes}, else "
+                                                      if args.gt_meshes else "") + "the depth points",
                 "align": args.align, "num_points": args.num_points, "render_size": args.render_size,
                 "background": args.background, "git_commit": tracking.git_state()["commit"],
                 "command": " ".join(sys.argv)}

@@ -1,5 +1,7 @@
 """The report of ``lift3d evaluate``: per-object records summarised (mean / median / std overall and per category,
-objects/min), written as ``metrics.jsonl``, ``failures.jsonl``, ``summary.json``, ``summary.md``, ``report.md`` and
+objects/min; geometry per ground-truth source, never pooled across sources; objects whose geometry could not be
+scored counted as failures with their reason), written as ``metrics.jsonl``, ``failures.jsonl``, ``summary.json``,
+``summary.md``, ``report.md`` and
 ``report.html`` (the summary, a row per object with its input | renders | ground truth | depth strip, a histogram
 PNG per metric, failures), and logged to W&B (a ``wandb.Table`` with one row per object, its strip as an image, and
 the summary).
@@ -19,6 +21,24 @@ import numpy as np
 METRIC_ORDER = ("psnr", "ssim", "lpips", "psnr_masked", "ssim_masked", "lpips_masked", "clip", "chamfer",
                 "fscore@0.05", "fscore@0.1", "fscore@0.2", "fscore@0.5", "volume_iou")
 LOWER_IS_BETTER = {"lpips", "lpips_masked", "chamfer"}
+GEOMETRY_METRICS = ("chamfer", "fscore@0.05", "fscore@0.1", "fscore@0.2", "fscore@0.5", "volume_iou")
+ALIGNMENTS = {  # what --align did to the predictions, as the report says it
+    "yaw": "rotated about the vertical axis by the best of a 10° grid, then rigidly refined by ICP (the TripoSR "
+           "protocol: a prediction can be turned by a large angle)",
+    "cube": "rotated by the best of the 24 cube rotations × a yaw grid, then rigidly refined by ICP",
+    "none": "compared in place (no rotation, no translation)"}
+
+
+def gt_source(record: dict) -> str:
+    """The ground-truth source of a record's geometry metrics (``unspecified`` for records that do not say)."""
+    return str(record.get("gt") or "unspecified")
+
+
+def metric_failures(records: list[dict]) -> list[dict]:
+    """The objects whose geometry could not be scored (``geometry_error``: no predicted surface, no ground truth, a
+    failed metric) as failure rows; their appearance metrics stay in the records."""
+    return [{"key": r["key"], "shard": r.get("shard"), "stage": "geometry", "reason": r["geometry_error"]}
+            for r in records if r.get("geometry_error")]
 
 
 def metric_names(records: list[dict]) -> list[str]:
@@ -27,12 +47,19 @@ def metric_names(records: list[dict]) -> list[str]:
 
 
 def summarise(records: list[dict], failures: list[dict], seconds: float) -> dict:
-    """Mean / median / std / count of every metric overall and per category (None values are left out)."""
-    names = metric_names(records)
+    """Mean / median / std / count of every metric overall and per category (None values are left out).
 
-    def stats(rows):
+    Geometry metrics against different ground-truth sources (a record's ``gt``: shard mesh, asset file, depth points)
+    are never averaged together: ``gt_sources`` holds them per source; ``overall`` and ``categories`` hold them only
+    when every scored object has the same source. ``failures`` counts the failure rows (pass :func:`metric_failures`
+    among them: objects without ground truth or with a failed metric) and ``failed`` lists each with its reason."""
+    names = metric_names(records)
+    sources = sorted({gt_source(r) for r in records if any(isinstance(r.get(m), (int, float)) for m in
+                                                              GEOMETRY_METRICS)})
+
+    def stats(rows, metrics=None):
         out = {}
-        for m in names:
+        for m in metrics if metrics is not None else names:
             vals = np.array([r[m] for r in rows if isinstance(r.get(m), (int, float))], dtype=np.float64)
             vals = vals[np.isfinite(vals)]
             if len(vals):
@@ -41,11 +68,23 @@ def summarise(records: list[dict], failures: list[dict], seconds: float) -> dict
         return out
 
     cats = sorted({r["category"] for r in records})
+    pooled = [m for m in names if m not in GEOMETRY_METRICS or len(sources) <= 1]
+    geometry = [m for m in names if m in GEOMETRY_METRICS]
+    by_source = {}
+    for src in sources:
+        rows = [r for r in records if gt_source(r) == src]
+        by_source[src] = {"objects": len(rows), "overall": stats(rows, geometry),
+                          "objects_per_category": {c: sum(r["category"] == c for r in rows)
+                                                   for c in sorted({r["category"] for r in rows})},
+                          "categories": {c: stats([r for r in rows if r["category"] == c], geometry)
+                                         for c in sorted({r["category"] for r in rows})}}
     return {"objects": len(records), "failures": len(failures), "seconds": seconds,
             "objects_per_min": 60.0 * len(records) / seconds if seconds > 0 else None,
-            "overall": stats(records), "categories": {c: stats([r for r in records if r["category"] == c])
-                                                      for c in cats},
-            "objects_per_category": {c: sum(r["category"] == c for r in records) for c in cats}}
+            "overall": stats(records, pooled), "categories": {c: stats([r for r in records if r["category"] == c],
+                                                                       pooled) for c in cats},
+            "objects_per_category": {c: sum(r["category"] == c for r in records) for c in cats},
+            "gt_sources": by_source,
+            "failed": [{"key": f.get("key"), "stage": f.get("stage"), "reason": f.get("reason")} for f in failures]}
 
 
 def _fmt(v) -> str:
@@ -59,6 +98,15 @@ def summary_table(summary: dict) -> str:
     lines = [head + " |", "|" + "---|" * (len(names) + 2)]
     rows = [("all", summary["objects"], summary["overall"])] + \
         [(c, summary["objects_per_category"][c], s) for c, s in summary["categories"].items()]
+    sources = summary.get("gt_sources") or {}
+    if len(sources) > 1:  # geometry per ground-truth source, never pooled
+        names = [m for m in METRIC_ORDER if m in summary["overall"] or
+                 any(m in s["overall"] for s in sources.values())]
+        head = "| category | objects | " + " | ".join(f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in names)
+        lines = [head + " |", "|" + "---|" * (len(names) + 2)]
+        for src, s in sources.items():
+            rows.append((f"all, gt {src}", s["objects"], s["overall"]))
+            rows += [(f"{c}, gt {src}", s["objects_per_category"][c], st) for c, st in s["categories"].items()]
     for name, n, stats in rows:
         lines.append(f"| {name} | {n} | " + " | ".join(_fmt(stats.get(m, {}).get("mean")) for m in names) + " |")
     return "\n".join(lines)
@@ -106,13 +154,19 @@ def write_reports(out_dir: str, records: list[dict], failures: list[dict], summa
           f"{summary['objects']} objects from `{settings['shards']}` ({summary['failures']} failed), "
           f"{summary['seconds']:.1f} s, {_fmt(rate)} objects/min, {settings['world_size']} rank(s). "
           f"Input view: {settings['input_view']}; ground truth: {settings['gt']}; alignment: {settings['align']}.",
+          "", f"Alignment `{settings['align']}`: before the geometry metrics each prediction was "
+          f"{ALIGNMENTS.get(settings['align'], settings['align'])}. {_rotation_note(records)}",
+          "", "Ground truth per object (column gt): `shard_mesh` = the geometry as rendered (the sample's "
+          "mesh.npz), `asset_file` = the asset file from --gt-meshes, `depth_points` = the depth maps' points. "
+          f"Geometry is summarised per source, never pooled: {_source_counts(records)}.",
           "", "## Summary (means)", "", table, "", "## Histograms", ""]
     md += [f"![{h}]({h})" for h in hists]
     md += ["", "## Objects", "", "Each strip: input | renders of held-out views | ground truth | rendered depth.", "",
-           "| key | category | " + " | ".join(names) + " | strip |", "|" + "---|" * (len(names) + 3)]
+           "| key | category | gt | align rotation (°) | " + " | ".join(names) + " | strip |",
+           "|" + "---|" * (len(names) + 5)]
     for r in records:
-        md.append(f"| {r['key']} | {r['category']} | " + " | ".join(_fmt(r.get(m)) for m in names) +
-                  f" | ![{r['key']}](renders/{r['key']}.png) |")
+        md.append(f"| {r['key']} | {r['category']} | {r.get('gt') or '–'} | {_fmt(r.get('align_rotation_deg'))} | "
+                  + " | ".join(_fmt(r.get(m)) for m in names) + f" | ![{r['key']}](renders/{r['key']}.png) |")
     if failures:
         md += ["", "## Failures", "", "| key | shard | stage | reason |", "|---|---|---|---|"]
         md += [f"| {f.get('key')} | {f.get('shard')} | {f.get('stage')} | {f.get('reason')} |" for f in failures]
@@ -120,6 +174,23 @@ def write_reports(out_dir: str, records: list[dict], failures: list[dict], summa
         f.write("\n".join(md) + "\n")
     with open(os.path.join(out_dir, "report.html"), "w") as f:
         f.write(_html(md))
+
+
+def _rotation_note(records: list[dict]) -> str:
+    angles = [(r["align_rotation_deg"], r["key"]) for r in records if isinstance(r.get("align_rotation_deg"), float)]
+    if not angles:
+        return "No object was aligned."
+    big, key = max(angles)
+    median = float(np.median([a for a, _ in angles]))
+    return f"Rotation per object: column 'align rotation (°)', median {median:.1f}°, largest {big:.1f}° ({key})."
+
+
+def _source_counts(records: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for r in records:
+        src = gt_source(r) if r.get("gt") else "none"
+        counts[src] = counts.get(src, 0) + 1
+    return ", ".join(f"{n} × {src}" for src, n in sorted(counts.items())) or "no objects"
 
 
 def _html(md_lines: list[str]) -> str:

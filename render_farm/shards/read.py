@@ -28,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from render_farm.shards.spec import CAMERAS, FORMAT, META, check_key, view_member
+from render_farm.shards.spec import CAMERAS, FORMAT, GT_MESH, META, check_key, view_member
 
 #: How far a stored rotation may be from orthonormal (max |RᵀR - I|, |det R - 1|) and K's / c2w's fixed rows from
 #: their values; float32 renders and COLMAP-converted poses are within ~1e-6.
@@ -36,7 +36,7 @@ ROTATION_TOL = 1e-3
 
 #: Error kinds used for the loader's counters (``ShardDataModule.errors``).
 KINDS = ("shard_read", "truncated_shard", "missing_member", "bad_png", "bad_cameras", "bad_meta", "bad_views",
-         "decode_error", "bad_key")
+         "decode_error", "bad_key", "bad_mesh")
 
 
 class CorruptSampleError(ValueError):
@@ -245,3 +245,35 @@ def check_views(sample: Mapping[str, Any], indices, num_views: int, normals: boo
         kinds = ("rgba", "depth", "normal") if normals else ("rgba", "depth")
         for kind in kinds:
             _member(sample, view_member(i, kind))
+
+
+def has_gt_mesh(sample: dict) -> bool:
+    """Whether the sample carries the optional ``mesh.npz`` (the geometry as rendered)."""
+    return sample.get(GT_MESH) is not None
+
+
+def read_gt_mesh(sample: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rendered geometry of the optional ``mesh.npz``: (vertices (V, 3) float32 in the normalised world,
+    faces (F, 3) int64), or None when the sample has no such member (shards written before it, or with
+    ``gt_mesh_faces: 0``). A member that is there but unusable raises :class:`CorruptSampleError`."""
+    if not has_gt_mesh(sample):
+        return None
+    key, raw = sample_key(sample), _member(sample, GT_MESH)
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            missing = [n for n in ("vertices", "faces") if n not in npz.files]
+            if missing:
+                raise CorruptSampleError(key, GT_MESH, f"array {missing[0]!r} is missing (it holds {npz.files}); "
+                                         "expected vertices and faces", kind="bad_mesh")
+            verts, faces = np.asarray(npz["vertices"]), np.asarray(npz["faces"])
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise CorruptSampleError(key, GT_MESH, f"not a readable .npz ({exc})", kind="bad_mesh") from exc
+    if verts.ndim != 2 or verts.shape[1] != 3 or not np.issubdtype(verts.dtype, np.floating) \
+            or not np.isfinite(verts).all():
+        raise CorruptSampleError(key, GT_MESH, f"vertices must be finite floats of shape (V, 3), got {verts.dtype} "
+                                 f"{verts.shape}", kind="bad_mesh")
+    if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0 or not np.issubdtype(faces.dtype, np.integer) \
+            or faces.min() < 0 or faces.max() >= len(verts):
+        raise CorruptSampleError(key, GT_MESH, f"faces must be a non-empty (F, 3) integer array of indices below "
+                                 f"{len(verts)}, got {faces.dtype} {faces.shape}", kind="bad_mesh")
+    return verts.astype(np.float32), faces.astype(np.int64)

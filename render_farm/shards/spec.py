@@ -16,6 +16,11 @@ _NOT_KEY_CHAR = re.compile(r"[^A-Za-z0-9_-]")
 META = "meta.json"
 CAMERAS = "cameras.npz"
 VIEW_KINDS = ("rgba", "depth", "normal")  # NNN.rgba.png, NNN.depth.png, optional NNN.normal.png
+#: Optional: the geometry exactly as Blender rendered it (evaluated: modifiers, skinning, the rendered pose/frame), in
+#: the normalised world of the cameras, as a compressed ``.npz`` (``np.savez_compressed``) of ``vertices`` float32
+#: (V, 3) and ``faces`` int32 (F, 3) triangles; decimated above the render setting ``gt_mesh_faces``. Samples without
+#: it (older shards, MVImgNet, Zero123) stay valid.
+GT_MESH = "mesh.npz"
 MAX_VIEWS = 1000  # three-digit view numbers
 
 

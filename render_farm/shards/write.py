@@ -31,7 +31,7 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from render_farm.shards.spec import CAMERAS, FORMAT, MAX_VIEWS, META, check_key, view_member
+from render_farm.shards.spec import CAMERAS, FORMAT, GT_MESH, MAX_VIEWS, META, check_key, view_member
 from render_farm.shards.tar_index import read_index
 
 SHARD_RE = re.compile(r"^(\d{5})-(\d{6})\.tar$")
@@ -56,8 +56,22 @@ def encode_cameras(c2w: np.ndarray, K: np.ndarray, hw: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_sample(key: str, views: list[dict], c2w: np.ndarray, K: np.ndarray, hw: np.ndarray, meta: dict) -> dict:
-    """A format-v1 sample: ``NNN.rgba.png``, ``NNN.depth.png``, optional ``NNN.normal.png``, cameras, meta."""
+def encode_mesh(vertices: np.ndarray, faces: np.ndarray) -> bytes:
+    """``mesh.npz`` bytes (compressed): ``vertices`` float32 (V, 3), ``faces`` int32 (F, 3) indices into them."""
+    v, f = np.asarray(vertices), np.asarray(faces)
+    if v.ndim != 2 or v.shape[1] != 3 or not np.isfinite(v).all():
+        raise ValueError(f"mesh vertices must be a finite (V, 3) array, got shape {v.shape}")
+    if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0 or f.min() < 0 or f.max() >= len(v):
+        raise ValueError(f"mesh faces must be a non-empty (F, 3) array of indices below {len(v)}, got shape {f.shape}")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, vertices=v.astype(np.float32), faces=f.astype(np.int32))
+    return buf.getvalue()
+
+
+def encode_sample(key: str, views: list[dict], c2w: np.ndarray, K: np.ndarray, hw: np.ndarray, meta: dict,
+                  mesh: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """A format-v1 sample: ``NNN.rgba.png``, ``NNN.depth.png``, optional ``NNN.normal.png``, cameras, meta, and
+    the optional ``mesh.npz`` when ``mesh`` (vertices, faces) is given (the rendered geometry)."""
     check_key(key)
     n = len(views)
     if not (len(c2w) == len(K) == len(hw) == n):
@@ -75,6 +89,8 @@ def encode_sample(key: str, views: list[dict], c2w: np.ndarray, K: np.ndarray, h
         if v.get("normal") is not None:
             sample[view_member(i, "normal")] = encode_png(v["normal"])
     sample[CAMERAS] = encode_cameras(c2w, K, hw)
+    if mesh is not None:
+        sample[GT_MESH] = encode_mesh(*mesh)
     sample[META] = json.dumps({"format": FORMAT, "num_views": n, **meta}, sort_keys=True).encode()
     return sample
 

@@ -53,7 +53,7 @@ def test_every_held_out_object_gets_every_metric(trained_run):
     out, records, failures, log = trained_run
     assert sorted(records) == ["held_out_sphere", "multi_material"]
     for key, r in records.items():
-        assert r["held_out_views"] == 23 and r["input_view"] == 0 and r["gt"] == "mesh", r
+        assert r["held_out_views"] == 23 and r["input_view"] == 0 and r["gt"] == "shard_mesh", r
         for m in APPEARANCE + GEOMETRY + LEARNED:
             assert isinstance(r[m], float) and np.isfinite(r[m]), (key, m, r.get(m))
         assert 0.0 <= r["ssim"] <= 1.0 and 0.0 <= r["chamfer"] and r["lpips"] > 0 and -1.0 <= r["clip"] <= 1.0
@@ -114,7 +114,8 @@ def test_trained_checkpoint_scores_better_than_an_untrained_one(trained_run, ove
 
 
 def test_two_ranks_over_gloo_give_the_single_rank_results(overfit_lrm, eval_shards, tmp_path):
-    """Objects are split over 2 CPU ranks and gathered once: the same records as one rank (depth ground truth)."""
+    """Objects are split over 2 CPU ranks and gathered once: the same records as one rank (stored-mesh ground
+    truth, no --gt-meshes)."""
     one, fail_one, _ = evaluate(tmp_path / "one", overfit_lrm["ckpt"], eval_shards["glob"], "--wandb-mode",
                                 "disabled")
     two, fail_two, log = evaluate(tmp_path / "two", overfit_lrm["ckpt"], eval_shards["glob"], "--wandb-mode",
@@ -123,7 +124,7 @@ def test_two_ranks_over_gloo_give_the_single_rank_results(overfit_lrm, eval_shar
     assert sorted(one) == sorted(two) == ["held_out_sphere", "multi_material"]
     assert [f["key"] for f in fail_one] == [f["key"] for f in fail_two] == ["corrupt_object"]
     for key in one:
-        assert one[key]["gt"] == "depth"
+        assert one[key]["gt"] == "shard_mesh"  # the stored rendered mesh, with or without --gt-meshes
         for m in APPEARANCE + GEOMETRY:
             assert two[key][m] == pytest.approx(one[key][m], rel=1e-5, abs=1e-7), (key, m)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["settings"]["world_size"] == 2

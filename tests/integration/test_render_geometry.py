@@ -64,15 +64,15 @@ def test_valid_assets_render_and_broken_ones_are_recorded(rendered):
 
 
 def test_shards_list_with_plain_tar(rendered):
-    member = re.compile(r"^[A-Za-z0-9_-]+\.(\d{3}\.(rgba|depth|normal)\.png|cameras\.npz|meta\.json)$")
+    member = re.compile(r"^[A-Za-z0-9_-]+\.(\d{3}\.(rgba|depth|normal)\.png|cameras\.npz|meta\.json|mesh\.npz)$")
     for shard in sorted(rendered["out"].glob("*.tar")):
         names = subprocess.run(["tar", "tf", str(shard)], check=True, capture_output=True, text=True).stdout.split()
         assert names and all(member.match(n) for n in names), names[:5]
         per_key = {}
         for n in names:
             per_key.setdefault(n.split(".", 1)[0], []).append(n)
-        for key, members in per_key.items():  # all of a sample's members are contiguous and complete
-            assert len(members) == 8 * 3 + 2 and names.index(members[0]) + len(members) - 1 == names.index(members[-1])
+        for key, members in per_key.items():  # all of a sample's members are contiguous and complete (+ mesh.npz)
+            assert len(members) == 8 * 3 + 3 and names.index(members[0]) + len(members) - 1 == names.index(members[-1])
 
 
 def test_meta_and_cameras_follow_format_v1(rendered):
