@@ -63,7 +63,7 @@ from lightning_modules.evaluation.report import (
 )
 from lightning_modules.evaluation.scoring import ObjectEvaluator
 from lightning_modules.launch import tracking
-from render_farm.shards import resolve_shards, safe_output_path
+from render_farm.shards import safe_output_path
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ def main(argv: Optional[list[str]] = None) -> Optional[dict]:
     many = args.num_nodes > 1 or devices == "auto" or devices > 1
     fabric = Fabric(accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes,
                     strategy="ddp" if many else "auto")
-    try:  # the shard spec, the checkpoint (tensors only) and --model-config checked before Fabric starts any work
-        resolve_shards(args.shards)
+    try:  # the checkpoint (tensors only) and --model-config checked before Fabric starts any work
         read_checkpoint_settings(args.ckpt, args.model_config)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"lift3d evaluate: {exc}") from exc

@@ -5,6 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 import trimesh
 
 from geometry.cameras import intrinsics_from_fov, look_at
@@ -112,8 +113,11 @@ def test_bad_inputs_stop_with_the_file_and_the_fix(tmp_path):
     with pytest.raises(SystemExit, match=r"checkpoint .*missing.ckpt.* does not exist: point --ckpt"):
         main(["--ckpt", str(tmp_path / "missing.ckpt"), "--shards", str(shard), "--out", str(tmp_path / "o"),
               "--wandb-mode", "disabled", "--accelerator", "cpu"])
+    ckpt = tmp_path / "lrm.ckpt"  # a readable LRM checkpoint: the checkpoint is checked before the shards
+    torch.save({"global_step": 1, "state_dict": {}, "hyper_parameters": {
+        "_class_path": "lightning_modules.lrm.LRMModule", "encoder": {}}}, ckpt)
     with pytest.raises(SystemExit, match=r"no shard matches .*nothing-\*\.tar"):
-        main(["--ckpt", str(tmp_path / "missing.ckpt"), "--shards", str(tmp_path / "nothing-*.tar"), "--out",
+        main(["--ckpt", str(ckpt), "--shards", str(tmp_path / "nothing-*.tar"), "--out",
               str(tmp_path / "o"), "--wandb-mode", "disabled", "--accelerator", "cpu"])
     with pytest.raises(SystemExit, match="--mesh-level 'high'"):
         main(["--ckpt", "m.ckpt", "--shards", str(shard), "--mesh-level", "high"])
