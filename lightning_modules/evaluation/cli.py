@@ -7,20 +7,11 @@ Per object of the shards (format v1, typically rendered with the ``eval24`` rig)
 1. The input view (``--input-view``: the ``source`` role when the sample has one, else view 0, or an index) is
    prepared exactly as training prepares it (``datamodules.views``: resized to the encoder's input size, composited
    over ``--background``), and the model reconstructs the object from it.
-2. **Appearance**: every other view is a held-out camera. The model renders it (no ray jitter, EMA weights when the
-   checkpoint has them) and PSNR, SSIM and LPIPS against the stored view composited over the same background are
-   computed unmasked and masked (the stored alpha), plus CLIP similarity when local CLIP weights are given
-   (``lightning_modules.metrics.image``); the object's figure is the mean over its held-out views.
-3. **Geometry** (``lightning_modules.metrics.geometry``, the TripoSR protocol): the mesh (marching cubes of the
-   model's field) is mapped from the model's canonical frame back to the shard's normalised world with the input
-   camera; the ground truth is, per object, the geometry exactly as Blender rendered it (the sample's ``mesh.npz``,
-   record ``gt: shard_mesh``); for samples without it, the asset file under ``--gt-meshes`` (searched recursively,
-   matched through the source path meta.json records; ``asset_file``); else the surface the shard's depth maps see
-   (every view back-projected, thinned to one point per 1/128 voxel; ``depth_points``). 10K surface points of each,
-   a rotation search + ICP (``--align``; the report states the mode and each object's rotation angle), Chamfer
-   distance, F-score at 0.05 (One-2-3-45), 0.1, 0.2 and 0.5 (TripoSR), and volume IoU when both are watertight
-   meshes. Geometry metrics are summarised per ground-truth source, never averaged across sources; an object without
-   ground truth or with a failed geometry metric is a failure (stage ``geometry``) with its reason.
+2. **Appearance** at every other view (a held-out camera) and 3. **geometry** against the object's ground truth
+   (the stored rendered mesh, else the asset file under ``--gt-meshes``, else the depth maps' surface), as
+   :mod:`lightning_modules.evaluation.scoring` describes: one home for what is scored and how. Geometry metrics are
+   summarised per ground-truth source, never averaged across sources; an object without ground truth or with a
+   failed geometry metric is a failure (stage ``geometry``) with its reason.
 
 Outputs in ``--out``: ``metrics.jsonl`` (one JSON object per object: key, category, every metric, seconds),
 ``failures.jsonl`` (objects that could not be read or reconstructed, with the reason), ``summary.json`` and
