@@ -2,6 +2,7 @@
 
     lift3d-render objaverse --uids-file uids.txt --out data/shards/objaverse --rig lrm32 [--resolution 512 ...]
     lift3d-render objaverse --glb-dir path/to/assets --out data/shards/local --rig lrm32
+    lift3d-render procedural --count 1000 --seed 0 --out data/shards/procedural --rig lrm32
     lift3d-render mvimgnet  --root /data/mvimgnet --out data/shards/mvimgnet
     lift3d-render zero123   --shards 'data/shards/objaverse/*.tar' --weights /models/zero123-xl \\
                             --out data/shards/one2345
@@ -39,22 +40,31 @@ def _objaverse_parser(sub) -> None:
     src.add_argument("--uids-file", help="Objaverse uids, one per line")
     src.add_argument("--lvis-categories", nargs="+", help="render every object of these LVIS categories")
     src.add_argument("--glb-dir", help="a local directory of GLB/glTF/OBJ/PLY/STL/FBX assets instead of Objaverse")
+    _add_render_args(p, "--seed")
+    p.add_argument("--licences", nargs="+", help="Objaverse licence allow-list, e.g. by by-sa cc0")
+    p.add_argument("--limit", type=int, help="render at most this many objects (before task slicing)")
+    p.add_argument("--cache-dir", help="Objaverse download cache (default ~/.objaverse)")
+    p.add_argument("--download-processes", type=int, default=4,
+                   help="parallel Objaverse downloads (the next batch downloads while this one renders)")
+    _add_run_args(p)
+
+
+def _add_render_args(p: argparse.ArgumentParser, seed_flag: str) -> None:
+    """The render settings and output flags every Blender source shares (``seed_flag``: the render seed's name)."""
     p.add_argument("--out", required=True, help="output directory for shards, index.json, _state/ and _logs/")
     p.add_argument("--config", help="render config YAML (default configs/render/default.yaml)")
     p.add_argument("--rig", help="camera rig: lrm32 | orbit | one2345 | eval24")
     p.add_argument("--resolution", type=int)
     p.add_argument("--samples", type=int)
     p.add_argument("--lighting", choices=["fixed", "random"])
-    p.add_argument("--seed", type=int)
+    p.add_argument(seed_flag, dest="render_seed", type=int, help="render seed (rig jitter, random lighting)")
     p.add_argument("--timeout", dest="timeout_s", type=float, help="hard limit per object, seconds")
     p.add_argument("--shard-maxcount", type=int, help="objects per shard")
     p.add_argument("--num-workers", type=int, default=1, help="Blender worker processes on this machine")
     p.add_argument("--custom-blender-path", help="a pre-staged portable Blender 4.2 directory to run workers in")
-    p.add_argument("--licences", nargs="+", help="Objaverse licence allow-list, e.g. by by-sa cc0")
-    p.add_argument("--limit", type=int, help="render at most this many objects (before task slicing)")
-    p.add_argument("--cache-dir", help="Objaverse download cache (default ~/.objaverse)")
-    p.add_argument("--download-processes", type=int, default=4,
-                   help="parallel Objaverse downloads (the next batch downloads while this one renders)")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-failed", action="store_true", help="render objects in the failure manifest again")
     p.add_argument("--allow-missing-textures", action="store_true", default=None,
                    help="render assets whose texture images are missing (recorded as a warning in meta.json) instead "
@@ -65,7 +75,22 @@ def _objaverse_parser(sub) -> None:
     _add_task_args(p)
 
 
+def _procedural_parser(sub) -> None:
+    p = sub.add_parser("procedural", help="render procedural objects (LRM-Zero's Zeroverse recipe) into shards",
+                       description="Object i of --seed S is a deterministic composition of textured primitives with "
+                                   "boolean differences, height fields and wireframes (render_farm/procedural.py); "
+                                   "its GLB is written under OUT/_assets/ and rendered like a --glb-dir asset")
+    p.add_argument("--count", type=int, required=True, help="render objects 0 .. COUNT-1 of the seed")
+    p.add_argument("--seed", type=int, default=0, help="the procedural seed (default 0): which objects")
+    _add_render_args(p, "--render-seed")
+    _add_run_args(p)
+
+
 def _make_source(args):
+    if args.command == "procedural":
+        from render_farm.procedural import ProceduralSource
+
+        return ProceduralSource(args.count, args.seed, os.path.join(args.out, "_assets"))
     if args.glb_dir:
         from render_farm.sources import LocalDirSource
 
@@ -83,7 +108,7 @@ def run_objaverse(args) -> int:
 
     try:  # everything named on the command line: the settings, the task, the source's directory or uids file
         cfg = load_render_config(args.config, rig=args.rig, resolution=args.resolution, samples=args.samples,
-                                 lighting=args.lighting, seed=args.seed, timeout_s=args.timeout_s,
+                                 lighting=args.lighting, seed=args.render_seed, timeout_s=args.timeout_s,
                                  shard_maxcount=args.shard_maxcount,
                                  allow_missing_textures=args.allow_missing_textures)
         task, count = resolve_task(args.rank, args.world_size)
@@ -138,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _objaverse_parser(sub)
+    _procedural_parser(sub)
     try:
         from render_farm import mvimgnet
     except ImportError as exc:  # pycolmap missing: the other commands still work
@@ -154,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args) -> int:
-    if args.command == "objaverse":
+    if args.command in ("objaverse", "procedural"):
         return run_objaverse(args)
     if args.command == "index":
         return run_index(args)

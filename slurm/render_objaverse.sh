@@ -5,7 +5,10 @@
 #   sbatch slurm/render_objaverse.sh --uids-file uids.txt --out data/shards/objaverse --rig lrm32
 #   sbatch --array=0-63 slurm/render_objaverse.sh --glb-dir /data/assets --out data/shards/local --rig lrm32
 #
-# Every argument after the script goes to `lift3d-render objaverse` unchanged (see `lift3d-render objaverse -h`).
+#   sbatch --array=0-15 slurm/render_objaverse.sh procedural --count 100000 --seed 0 --out data/shards/procedural
+#
+# Every argument after the script goes to `lift3d-render objaverse` unchanged (see `lift3d-render objaverse -h`);
+# a first argument `procedural` renders procedural objects instead (`lift3d-render procedural -h`).
 # Array task t of T renders the objects whose id hashes to t (render_farm/tasks.py task_of): the CLI reads
 # SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT / SLURM_ARRAY_TASK_MIN itself, so any --array range works. All
 # tasks write into the same --out: shards OUT/<task>-<n>.tar, one shared index.json, per-task state in OUT/_state/.
@@ -71,8 +74,10 @@ echo "render_objaverse: host $(hostname) job ${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_I
      "array task ${task} (slice $(( task - array_min )) of ${count}: objects with sha1(id) mod ${count} = $(( task - array_min )))" \
      "cpus ${cpus} workers ${workers} restart ${SLURM_RESTART_COUNT:-0} start $(date -Is)"
 # Our defaults come first: a --num-workers among the user's arguments wins (argparse keeps the last one).
+command=objaverse
+if [[ "${1:-}" == procedural ]]; then command=procedural; shift; fi
 lift3d_user_args "$@"  # user_args: the arguments, their relative paths the submit directory's
-cmd=("${render[@]}" objaverse --num-workers "$workers" --no-progress ${extra[@]+"${extra[@]}"}
+cmd=("${render[@]}" "$command" --num-workers "$workers" --no-progress ${extra[@]+"${extra[@]}"}
      ${user_args[@]+"${user_args[@]}"})
 echo "render_objaverse: repo ${LIFT3D_ROOT} site settings ${site_env}$([[ -f "$site_env" ]] || echo ' (none)')"
 echo "render_objaverse: ${cmd[*]}"
