@@ -4,25 +4,51 @@ A rig is a pure function of (name, object id, seed, resolution): the same object
 on any machine and in any SLURM task. Cameras are OpenCV ``c2w`` (see ``geometry.cameras``) around the
 normalised object in [-1, 1]^3, all looking at the origin with world +Z up.
 
-Rigs
-    lrm32    32 views on a random shell r ∈ [2.0, 3.5], elevation spread over [-20°, 60°] (uniform in sin),
-             FOV 50°; view 0 is a front-ish source view (azimuth within ±30° of the front, elevation 0–30°).
-    orbit    a turntable: ``views_per_ring`` azimuths at each of ``elevations`` (default 0°/20°/40°), fixed radius.
+Framing rule (every rig, by default)
+    The normalised object lies in [-1, 1]^3, so its bounding sphere has radius R = √3 (:data:`OBJECT_RADIUS`). A
+    camera at distance d from the centre sees that sphere under a half-angle asin(R/d); a square image whose field
+    of view (across either side) is θ shows the whole sphere, grown by the margin m (:data:`FRAMING_MARGIN`, 5%),
+    when
+
+        d ≥ R·(1 + m) / sin(θ/2)          (:func:`framing_distance`;  θ ≥ 2·asin(R·(1 + m)/d): :func:`framing_fov`)
+
+    Then every point of the object — in particular every corner of its bounding box — projects inside the image,
+    at any elevation and azimuth. Every rig's default distance is :func:`framing_distance` of its field of view
+    (or, for ``lrm32``, its distance range starts there); options that override a rig's radius or FOV may break
+    the rule, and :func:`frames` says whether they do.
+
+Rigs (distances in lift3d's units, the object in [-1, 1]^3)
+    lrm32    32 views on a random shell r ∈ [d₅₀, 1.4·d₅₀] = [4.30, 6.02] with d₅₀ = framing_distance(50°),
+             elevation spread over [-20°, 60°] (uniform in sin), FOV 50°; view 0 is a front-ish source view (azimuth
+             within ±30° of the front, elevation 0–30°). The LRM's canonical source camera (``camera_distance`` in
+             configs/model/lrm_*.yaml) sits at 4.3, the shell's near end, so the canonical scale s = 4.3/r ≤ 1 keeps
+             the object inside the triplane's [-1, 1]^3.
+    orbit    a turntable: ``views_per_ring`` azimuths at each of ``elevations`` (default 0°/20°/40°), FOV 50°, at
+             framing_distance(50°) = 4.30.
     one2345  8 ground-truth views spread on the sphere plus, for each, 4 neighbours at ±10° elevation/azimuth
-             (40 views: 8 ``gt`` then 4 ``gt_neighbor`` per ground-truth view, in order).
-    eval24   12 azimuths at 30° elevation then 12 at 0°, fixed radius, FOV 40°.
+             (40 views: 8 ``gt`` then 4 ``gt_neighbor`` per ground-truth view, in order), Zero123's framing (below).
+    eval24   One-2-3-45's evaluation protocol: 12 azimuths at 30° elevation then 12 at 0°, FOV 40°, at
+             framing_distance(40°) = 5.32.
 
 One-2-3-45's 40-view layout is defined here once (``ONE2345_*``, :data:`NEIGHBOUR_OFFSETS`, :func:`with_neighbours`)
 and used by the ``one2345`` rig, elevation estimation (``geometry.elevation``) and the single-image front end with
 its Zero123 relative cameras (``lightning_modules.one2345_inference``): 8 views, each followed — after all 8 — by
 its 4 neighbours at (+10°, 0°), (−10°, 0°), (0°, +10°), (0°, −10°) of (elevation, azimuth), in that order, all at
-radius 2.8 with a 40° field of view (Zero123's rendering setup). Every camera is built by
+:data:`ONE2345_RADIUS` with :data:`ONE2345_FOV_DEG`. Those are Zero123's framing, because at inference Zero123's
+outputs are the reconstructor's input: Zero123 was trained on Objaverse renders (its
+``objaverse-rendering/scripts/blender_script.py``) with the object scaled so its largest extent is 1 (the box
+[-0.5, 0.5]^3), a 35 mm lens on a 32 mm sensor (FOV 2·atan(16/35) = 49.13°) and the camera distance uniform in
+[1.5, 2.2]: in lift3d's [-1, 1]^3 that is [3.0, 4.4]. The near end of that range does not frame the box (seen along
+a body diagonal its corners need d ≥ 4.15 at 49.13°), so the layout uses the smallest distance that frames the
+bounding sphere with the margin, framing_distance(49.13°) = 4.37: inside Zero123's range, at its far end, so
+the images have the object size Zero123 saw in training and never cut an object off. Every camera is built by
 ``geometry.cameras.spherical_cameras``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -53,12 +79,56 @@ def object_rng(rig: str, object_id: str, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
+# ---------------------------------------------------------------------------------- the framing rule
+#: Radius of the normalised object's bounding sphere: half the diagonal of [-1, 1]^3.
+OBJECT_RADIUS = math.sqrt(3.0)
+#: Margin of the framing rule: the bounding sphere grown by this fraction fits the field of view.
+FRAMING_MARGIN = 0.05
+
+
+def framing_distance(fov_deg: float, margin: float = FRAMING_MARGIN, radius: float = OBJECT_RADIUS) -> float:
+    """The smallest camera distance at which a square image with field of view ``fov_deg`` (across either side)
+    shows the whole bounding sphere of ``radius`` grown by ``margin``: R·(1 + m) / sin(θ/2)."""
+    if not 0.0 < fov_deg < 180.0:
+        raise ValueError(f"framing_distance: field of view must be in (0, 180) degrees, got {fov_deg}")
+    return float(radius * (1.0 + margin) / math.sin(math.radians(fov_deg) / 2.0))
+
+
+def framing_fov(distance: float, margin: float = FRAMING_MARGIN, radius: float = OBJECT_RADIUS) -> float:
+    """The smallest field of view (degrees) that frames the grown bounding sphere from ``distance``: the inverse
+    of :func:`framing_distance`."""
+    if not distance > radius * (1.0 + margin):
+        raise ValueError(f"framing_fov: a camera at distance {distance} is inside the object's bounding sphere "
+                         f"(radius {radius} × {1.0 + margin}); no field of view frames it, use a larger distance")
+    return float(2.0 * math.degrees(math.asin(radius * (1.0 + margin) / distance)))
+
+
+def frames(distance, fov_deg, margin: float = FRAMING_MARGIN, radius: float = OBJECT_RADIUS) -> bool:
+    """Whether cameras at ``distance`` (scalar or array) with ``fov_deg`` all obey the framing rule."""
+    d = np.asarray(distance, dtype=np.float64)
+    need = radius * (1.0 + margin) / np.sin(np.radians(np.asarray(fov_deg, dtype=np.float64)) / 2.0)
+    return bool(np.all(d >= need * (1.0 - 1e-12)))
+
+
+# ---------------------------------------------------------------------------------- each rig's framing
+#: lrm32: field of view and the shell of distances, from the framing distance out to 1.4 times it.
+LRM32_FOV_DEG = 50.0
+LRM32_RADIUS = (framing_distance(LRM32_FOV_DEG), 1.4 * framing_distance(LRM32_FOV_DEG))
+#: orbit: field of view and distance (the turntable frames the object by default).
+ORBIT_FOV_DEG = 50.0
+ORBIT_RADIUS = framing_distance(ORBIT_FOV_DEG)
+#: eval24: One-2-3-45's evaluation rings, at the framing distance of their 40° field of view.
+EVAL24_FOV_DEG = 40.0
+EVAL24_RADIUS = framing_distance(EVAL24_FOV_DEG)
+
 # ---------------------------------------------------------------------------------- One-2-3-45's 40-view layout
 #: Views of the layout (the rig's ``gt`` views; the front end's input and its 7 predicted views).
 ONE2345_NUM_VIEWS = 8
-#: Zero123's rendering setup, which One-2-3-45's views share: camera distance and field of view (degrees).
-ONE2345_RADIUS = 2.8
-ONE2345_FOV_DEG = 40.0
+#: Zero123's rendering setup, which One-2-3-45's views share (module docstring): Zero123's field of view (a 35 mm
+#: lens on a 32 mm sensor), and the distance that frames the object at it (4.37; Zero123's range is [3.0, 4.4] in
+#: lift3d's units).
+ONE2345_FOV_DEG = math.degrees(2.0 * math.atan(16.0 / 35.0))
+ONE2345_RADIUS = framing_distance(ONE2345_FOV_DEG)
 #: Elevation / azimuth step (degrees) from a view to its neighbours.
 ONE2345_NEIGHBOUR_STEP_DEG = 10.0
 
@@ -99,8 +169,8 @@ def _cameras(elevation_deg, azimuth_deg, radius, fov_deg, resolution: int, targe
 
 
 def lrm32(object_id: str, resolution: int = 512, seed: int = 0, num_views: int = 32,
-          radius: tuple[float, float] = (2.0, 3.5), elevation: tuple[float, float] = (-20.0, 60.0),
-          fov_deg: float = 50.0) -> Rig:
+          radius: tuple[float, float] = LRM32_RADIUS, elevation: tuple[float, float] = (-20.0, 60.0),
+          fov_deg: float = LRM32_FOV_DEG) -> Rig:
     rng = object_rng("lrm32", object_id, seed)
     r = rng.uniform(*radius, size=num_views)
     lo, hi = np.sin(np.radians(elevation[0])), np.sin(np.radians(elevation[1]))
@@ -115,7 +185,8 @@ def lrm32(object_id: str, resolution: int = 512, seed: int = 0, num_views: int =
 
 
 def orbit(object_id: str, resolution: int = 512, seed: int = 0, views_per_ring: int = 12,
-          elevations=(0.0, 20.0, 40.0), radius: float = 2.5, fov_deg: float = 50.0, target=(0.0, 0.0, 0.0)) -> Rig:
+          elevations=(0.0, 20.0, 40.0), radius: float = ORBIT_RADIUS, fov_deg: float = ORBIT_FOV_DEG,
+          target=(0.0, 0.0, 0.0)) -> Rig:
     """A turntable about the world Z axis through ``target``: ring by ring, azimuth 360°·i/views_per_ring (0 = the
     front, on −Y), at ``radius`` from ``target`` and looking at it (``geometry.raster``'s turntables use it)."""
     del object_id, seed  # a turntable is the same for every object
@@ -141,7 +212,8 @@ def one2345(object_id: str, resolution: int = 256, seed: int = 0, num_gt: int = 
                {"elevation_deg": all_el, "azimuth_deg": all_az, "neighbours_of": neighbours_of})
 
 
-def eval24(object_id: str, resolution: int = 512, seed: int = 0, radius: float = 2.5, fov_deg: float = 40.0) -> Rig:
+def eval24(object_id: str, resolution: int = 512, seed: int = 0, radius: float = EVAL24_RADIUS,
+           fov_deg: float = EVAL24_FOV_DEG) -> Rig:
     rig = orbit(object_id, resolution, seed, views_per_ring=12, elevations=(30.0, 0.0), radius=radius,
                 fov_deg=fov_deg)
     rig.name = "eval24"

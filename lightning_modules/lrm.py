@@ -55,7 +55,7 @@ class LRMModule(ReconstructionModule):
                  # architecture (typed blocks of lightning_modules.networks.lrm.config; defaults = the paper)
                  encoder: EncoderConfig = EncoderConfig(), transformer: TransformerConfig = TransformerConfig(),
                  field: FieldConfig = FieldConfig(), renderer: RendererConfig = RendererConfig(),
-                 camera_dim: int = 1024, camera_distance: Optional[float] = 2.0,
+                 camera_dim: int = 1024, camera_distance: Optional[float] = 4.3,
                  # loss
                  lpips_weight: float = 2.0, lpips_weights: Optional[str] = None, lpips_pretrained: bool = True,
                  mask_weight: float = 0.0, depth_weight: float = 0.0, tv_weight: float = 0.0,

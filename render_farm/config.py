@@ -61,7 +61,7 @@ class RenderConfig(SceneSettings):
 
     rig: str = "lrm32"
     rig_options: dict = field(default_factory=dict)
-    depth_scale: float = 10000.0
+    depth_scale: float = 5000.0  # uint16 steps of 0.2 mm: depths up to 13.1 (the framed rigs reach ~7.8)
     timeout_s: float = 600.0
     max_jobs_per_worker: int = 50
     max_file_mb: float = 1024.0

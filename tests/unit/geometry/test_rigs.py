@@ -3,6 +3,7 @@ import pytest
 
 from geometry.cameras import fov_from_intrinsics
 from geometry.rigs import (
+    LRM32_RADIUS,
     NEIGHBOUR_OFFSETS,
     ONE2345_FOV_DEG,
     ONE2345_NUM_VIEWS,
@@ -41,7 +42,7 @@ def test_lrm32_shell_and_front_source_view():
         rig = make_rig("lrm32", uid, 512)
         r, el, az = _elevation_azimuth(rig.c2w)
         assert len(rig) == 32 and rig.roles[0] == "source"
-        assert np.all((r >= 2.0) & (r <= 3.5))
+        assert np.all((r >= LRM32_RADIUS[0] - 1e-9) & (r <= LRM32_RADIUS[1] + 1e-9))
         assert np.all((el >= -20 - 1e-9) & (el <= 60 + 1e-9))
         assert 0 <= el[0] <= 30 and (az[0] <= 30 or az[0] >= 330)
         assert fov_from_intrinsics(rig.K[0], 512, 512) == pytest.approx(50.0)
@@ -59,7 +60,9 @@ def test_one2345_neighbours_are_ten_degrees_away():
 
 def test_one2345_layout_lists_the_views_then_four_neighbours_each_in_order():
     assert NEIGHBOUR_OFFSETS == ((10.0, 0.0), (-10.0, 0.0), (0.0, 10.0), (0.0, -10.0))
-    assert (ONE2345_NUM_VIEWS, ONE2345_RADIUS, ONE2345_FOV_DEG) == (8, 2.8, 40.0)
+    # Zero123's framing (geometry/rigs.py): a 35 mm lens on a 32 mm sensor, at the distance that frames the object
+    assert ONE2345_NUM_VIEWS == 8
+    assert (ONE2345_RADIUS, ONE2345_FOV_DEG) == pytest.approx((4.3743, 49.1343), abs=1e-4)
     el, az, owners = with_neighbours([20.0, 5.0], [0.0, 355.0])
     np.testing.assert_allclose(el, [20, 5, 30, 10, 20, 20, 15, -5, 5, 5])
     np.testing.assert_allclose(az, [0, 355, 0, 0, 10, 350, 355, 355, 5, 345])  # wrapped to [0, 360)
