@@ -6,6 +6,7 @@ All functions take batched tensors on any device; ``c2w`` is OpenCV camera-to-wo
 
 Ray directions are **not** unit vectors: a ray's direction is ``R @ K⁻¹ (u, v, 1)``, whose camera-frame z is 1, so
 the ray parameter ``t`` of a point *is* its z-depth — rendered depth compares with the shards' z-depth as it is.
+A step Δt along a ray is Δt·|d| long (:func:`section_lengths`, the one rule both renderers integrate with).
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def ray_box(origins: torch.Tensor, dirs: torch.Tensor, lo: float = -1.0, hi: flo
     hit = far > near
     far = torch.where(hit, far, near)
     return near, far, hit
+
+
+def section_lengths(edges: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """Metric lengths (…, K−1) of the sections between sorted ray parameters ``edges`` (…, K) of rays with
+    directions ``dirs`` (…, 3): Δt·|d|.
+
+    ``t`` is z-depth (the directions have camera-frame z = 1, see above), so a step Δt covers Δt·|d| along the ray;
+    renderers integrate density (σ·length) or step an SDF over these lengths, never over Δt itself."""
+    return edges.diff(dim=-1) * dirs.norm(dim=-1, keepdim=True)
 
 
 def canonical_c2w(distance: float, dtype=torch.float32, device=None) -> torch.Tensor:

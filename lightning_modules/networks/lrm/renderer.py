@@ -11,8 +11,10 @@ Legend:  B batch · R rays · S samples per ray (coarse + importance; paper 64 +
                                                                      D = Σ w_i t_i (z-depth: d has camera z = 1)
 
 Each sample stands for the interval between the midpoints to its neighbours (the first from ``near``, the last to
-``far``), so the intervals tile [near, far] exactly: a constant density σ over a box of length L gives opacity
-1 − exp(−σL) whatever the sampling.
+``far``), so the intervals tile [near, far] exactly. ``t`` is z-depth, not distance: an interval Δt is Δt·|d| long
+along the ray (``geometry.rays.section_lengths``, the rule the One-2-3-45 renderer uses too), and its optical
+thickness is σ·Δt·|d|. So a constant density σ over a path of length L through the box gives opacity 1 − exp(−σL)
+whatever the sampling and whatever the ray's angle to the optical axis.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from geometry.rays import ray_box
+from geometry.rays import ray_box, section_lengths
 
 Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points (B, N, 3) → σ (B, N), rgb (B, N, 3)
 
@@ -118,10 +120,11 @@ def _edges(t: torch.Tensor, near: torch.Tensor, far: torch.Tensor) -> torch.Tens
     return torch.cat([near[..., None], mid, far[..., None]], dim=-1)
 
 
-def composite(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, near: torch.Tensor, far: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Weights (…, S), colour (…, 3), opacity (…,), depth (…,) of sorted samples along rays."""
-    delta = _edges(t, near, far).diff(dim=-1).clamp(min=0)
+def composite(sigma: torch.Tensor, rgb: torch.Tensor, t: torch.Tensor, near: torch.Tensor, far: torch.Tensor,
+              dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weights (…, S), colour (…, 3), opacity (…,), depth (…,) of sorted samples t (…, S) along rays with
+    directions ``dirs`` (…, 3); the intervals are measured along the ray (Δt·|d|), the depth is Σ w_i t_i."""
+    delta = section_lengths(_edges(t, near, far), dirs).clamp(min=0)
     tau = sigma * delta
     alpha = 1 - torch.exp(-tau)
     # transmittance before each sample: exp(-Σ_{j<i} τ_j) (exclusive cumulative sum; stabler than a product)
@@ -172,6 +175,7 @@ class VolumeRenderer(nn.Module):
                     stratified: bool) -> dict[str, torch.Tensor]:
         """origins, dirs (B, R, 3), background (B, 3) → rgb (B, R, 3), opacity (B, R), depth (B, R)."""
         near, far, hit = ray_box(origins.float(), dirs.float(), -self.bound, self.bound)
+        d32 = dirs.float()  # the intervals' |d| (composite)
         bins = torch.linspace(0, 1, self.num_coarse + 1, device=origins.device)
         u = torch.rand(*near.shape, self.num_coarse, device=origins.device) if stratified else 0.5
         t = near[..., None] + (far - near)[..., None] * (bins[:-1] + u / self.num_coarse)  # (B, R, S_c)
@@ -186,13 +190,13 @@ class VolumeRenderer(nn.Module):
         sigma, rgb = query(t)
         if self.num_fine:
             with torch.no_grad():
-                w, _, _, _ = composite(sigma, rgb, t, near, far)
+                w, _, _, _ = composite(sigma, rgb, t, near, far, d32)
                 t_fine = sample_pdf(_edges(t, near, far), w, self.num_fine, deterministic=not stratified)
             sigma_f, rgb_f = query(t_fine)
             t, order = torch.sort(torch.cat([t, t_fine], dim=-1), dim=-1)
             sigma = torch.cat([sigma, sigma_f], dim=-1).gather(-1, order)
             rgb = torch.cat([rgb, rgb_f], dim=-2).gather(-2, order[..., None].expand(-1, -1, -1, 3))
-        _, colour, opacity, depth = composite(sigma, rgb, t, near, far)
+        _, colour, opacity, depth = composite(sigma, rgb, t, near, far, d32)
         colour = colour + (1 - opacity[..., None]) * background[:, None, :].to(colour.dtype)
         return {"rgb": colour, "opacity": opacity, "depth": depth}
 

@@ -10,7 +10,8 @@ Legend:  B batch · R rays · S sections per ray (64 coarse + 64 up-sampled = 12
                ─► w_i = α_i Π_{j<i}(1 − α_j) ─► C = Σ w_i c_i + (1 − Σ w_i)·background, D = Σ w_i m_i
 
 t is the ray parameter of ``geometry.rays``: directions have camera-frame z = 1, so t (and the depth D) is
-z-depth. SDF values and the cosines are metric, so a section's length is δ_i = Δt_i·|d| and cos_i = d̂·∇f_i.
+z-depth. SDF values and the cosines are metric, so a section's length is δ_i = Δt_i·|d| (``section_lengths``, the
+rule the LRM renderer integrates with too) and cos_i = d̂·∇f_i.
 Sections tile [near, far] exactly (the edges run from near to far); rays that miss the box have near = far and
 render background, opacity 0, depth 0. Φ_s(x) = sigmoid(s·x) with s = exp(10·v) learned (``LearnedVariance``).
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from geometry.rays import ray_box
+from geometry.rays import ray_box, section_lengths
 from lightning_modules.networks.lrm.renderer import sample_pdf
 
 SDF = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points (B, N, 3) → sdf (B, N), features (B, N, F)
@@ -61,13 +62,14 @@ def weights_from_log_transmit(log_t: torch.Tensor) -> torch.Tensor:
     return alpha * torch.exp(before)
 
 
-def upsample_weights(t: torch.Tensor, sdf: torch.Tensor, ray_len: torch.Tensor, s: float) -> torch.Tensor:
-    """NeuS's up-sampling weights (…, K−1) of the sections between edges ``t`` (…, K) with SDF ``sdf`` (…, K).
+def upsample_weights(t: torch.Tensor, sdf: torch.Tensor, dirs: torch.Tensor, s: float) -> torch.Tensor:
+    """NeuS's up-sampling weights (…, K−1) of the sections between edges ``t`` (…, K) with SDF ``sdf`` (…, K) on
+    rays with directions ``dirs`` (…, 3).
 
     Each section's slope is the finite difference of its ends, replaced by the previous section's when that is
     steeper downhill (``min``) and clamped to [−1e3, 0]; the SDF at the section ends is re-estimated from the
     mid-point value along that slope (NeuS ``up_sample``)."""
-    dist = (t[..., 1:] - t[..., :-1]) * ray_len[..., None]  # metric section lengths (…, K−1)
+    dist = section_lengths(t, dirs)  # metric section lengths (…, K−1)
     mid = 0.5 * (sdf[..., 1:] + sdf[..., :-1])
     cos = (sdf[..., 1:] - sdf[..., :-1]) / dist.clamp(min=1e-5)
     prev_cos = torch.cat([torch.zeros_like(cos[..., :1]), cos[..., :-1]], dim=-1)
@@ -114,11 +116,10 @@ class NeuSRenderer(nn.Module):
             pts = rearrange(origins[..., None, :] + ts[..., None] * dirs[..., None, :], "b r k c -> b (r k) c")
             return rearrange(sdf_fn(pts)[0].float(), "b (r k) -> b r k", r=r)
 
-        ray_len = dirs.norm(dim=-1)
         sdf = sdf_at(t)
         per_step = self.num_importance // self.upsample_steps
         for i in range(self.upsample_steps):
-            w = upsample_weights(t, sdf, ray_len, self.base_inv_s * 2 ** i)  # (B, R, K−1)
+            w = upsample_weights(t, sdf, dirs, self.base_inv_s * 2 ** i)  # (B, R, K−1)
             t_new = sample_pdf(t, w, per_step, deterministic=True)  # NeuS up-samples deterministically
             t, order = torch.sort(torch.cat([t, t_new], dim=-1), dim=-1)
             if i + 1 < self.upsample_steps:  # the last step's SDF is not needed
@@ -134,9 +135,8 @@ class NeuSRenderer(nn.Module):
         with torch.no_grad():
             t = self.edges(sdf_fn, origins, dirs, near, far, stratified)  # (B, R, K)
         mid = 0.5 * (t[..., 1:] + t[..., :-1])  # (B, R, S) section midpoints
-        ray_len = dirs.norm(dim=-1, keepdim=True)  # (B, R, 1)
-        dist = (t[..., 1:] - t[..., :-1]) * ray_len  # (B, R, S) metric section lengths
-        unit = dirs / ray_len
+        dist = section_lengths(t, dirs)  # (B, R, S) metric section lengths
+        unit = dirs / dirs.norm(dim=-1, keepdim=True)
         s = mid.shape[-1]
 
         # SDF and its gradient at the midpoints; create_graph when the caller will backpropagate (training,

@@ -180,7 +180,8 @@ def test_depth_of_an_opaque_plane(plane_z):
 def test_composite_weights_sum_to_opacity():
     t = torch.linspace(0.1, 0.9, 10).expand(3, 10)
     sigma = torch.rand(3, 10) * 5
-    w, rgb, opacity, depth = composite(sigma, torch.rand(3, 10, 3), t, torch.zeros(3), torch.ones(3))
+    w, rgb, opacity, depth = composite(sigma, torch.rand(3, 10, 3), t, torch.zeros(3), torch.ones(3),
+                                       torch.tensor([0.0, 0.0, 1.0]).expand(3, 3))
     torch.testing.assert_close(w.sum(-1), opacity)
     assert torch.all(depth <= opacity * 0.9 + 1e-6)
 
