@@ -40,14 +40,13 @@ frames as a looping GIF or an MP4.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from geometry.rays import project
-from geometry.rigs import orbit
+from geometry.rigs import framing_distance, orbit
 
 SHADINGS = ("lambert", "flat", "none")
 DEFAULT_COLOUR = 0.8  # light grey for meshes without vertex colours
@@ -310,13 +309,14 @@ def turntable_cameras(n_frames: int = 36, elevation_deg: float = 20.0, radius: f
 
 def framing(verts: ArrayLike, fov_deg: float = 40.0, margin: float = 1.1) -> tuple[np.ndarray, float]:
     """``(target, radius)`` that frames a mesh: its bounding-box centre, and the distance at which its bounding
-    sphere (about that centre) fills the field of view, times ``margin``."""
+    sphere (about that centre) fills the field of view, times ``margin`` (the framing rule of ``geometry.rigs``,
+    with this mesh's bounding sphere instead of the normalised box's)."""
     v = verts.detach().cpu().double().numpy() if isinstance(verts, torch.Tensor) else np.asarray(verts, np.float64)
     if v.ndim != 2 or v.shape[1] != 3 or not len(v):
         raise ValueError(f"verts must have shape (V, 3) with V > 0, got {v.shape}")
     centre = 0.5 * (v.min(axis=0) + v.max(axis=0))
     extent = max(float(np.linalg.norm(v - centre, axis=1).max()), 1e-6)
-    return centre, margin * extent / math.sin(math.radians(fov_deg) / 2.0)
+    return centre, framing_distance(fov_deg, margin=margin - 1.0, radius=extent)
 
 
 def render_turntable(verts: ArrayLike, faces: ArrayLike, colors: Optional[ArrayLike] = None, *,

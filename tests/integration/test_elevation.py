@@ -92,7 +92,7 @@ def test_elevation_of_rendered_views_is_within_bound(one2345_shards):
     assert len(views) == NUM_GT
     errors = []
     for key, gt, truth, images in views:
-        res = estimate_elevation(images)  # alpha → masks; one2345 defaults: radius 2.8, FOV 40°
+        res = estimate_elevation(images)  # alpha → masks; one2345 defaults: radius 4.37, FOV 49.13°
         err = res.elevation_deg - truth
         errors.append(err)
         print(f"{key} view {gt}: true {truth:6.2f}°, estimated {res.elevation_deg:6.2f}°, error {err:+.2f}° "
