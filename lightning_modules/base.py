@@ -57,9 +57,17 @@ class ReconstructionModule(L.LightningModule):
 
     #: optimiser steps in a row with a NaN/inf loss or gradient norm (each one dropped) that stop a run
     max_nonfinite_steps: int = 10
-    _nonfinite_in_row: int = 0  # consecutive dropped steps
-    _skipped_steps: int = 0  # dropped steps of this run (this process)
+    #: optimiser steps between host reads of the non-finite bookkeeping when the optimiser drops steps itself (fused
+    #: Adam/AdamW, :meth:`skip_nonfinite_step`); None: every step on a CPU (a read costs nothing there), the trainer's
+    #: ``log_every_n_steps`` on a GPU (each read waits for the GPU)
+    nonfinite_check_every: Optional[int] = None
+    _nonfinite_in_row: int = 0  # consecutive dropped steps (as of the last host read)
+    _skipped_steps: int = 0  # dropped steps of this run (this process; as of the last host read)
     _loss_finite: Optional[torch.Tensor] = None  # this step's losses finite (a bool tensor: no host sync yet)
+    # on the device, for optimisers that drop steps themselves: [steps dropped in a row, dropped steps, the step at
+    # which max_nonfinite_steps in a row were reached or -1]; read on the host every nonfinite_check_every steps
+    _nonfinite: Optional[torch.Tensor] = None
+    _last_nonfinite_check: int = -1  # the optimiser step of the last host read
 
     # --- settings ------------------------------------------------------------------------------------------------
     def save_settings(self) -> None:
@@ -159,35 +167,56 @@ class ReconstructionModule(L.LightningModule):
 
     def skip_nonfinite_step(self, optimizer, grad_norm: Optional[torch.Tensor]) -> bool:
         """Before clipping and the optimiser step: drops the step when its loss or gradient norm (``grad_norm``,
-        the one norm of :meth:`configure_gradient_clipping`) is NaN/inf on any rank. The decision is one flag
-        all-reduced over the ranks (every DDP rank drops the same steps) and costs one host sync a step. Dropping
-        sets every ``p.grad`` to None: torch's optimisers leave a parameter without a gradient untouched (no update,
-        no weight decay, no moment update), and clipping is skipped. Each dropped step is counted
-        (``train/skipped_steps``, logged every step) and warned about; ``max_nonfinite_steps`` in a row stop the run
-        with :class:`NonFiniteTrainingError` naming the step. Under fp16's gradient scaler non-finite gradients are
-        the scaler's (it skips the step and lowers its scale), so only the loss counts; under DeepSpeed (whose
-        gradients are not ``p.grad``) a non-finite loss is counted and stops the run, but DeepSpeed applies the
-        step. Returns whether the step was dropped."""
+        the one norm of :meth:`configure_gradient_clipping`) is NaN/inf on any rank; every DDP rank drops the same
+        steps (the flag is reduced over the ranks). Each dropped step is counted (``train/skipped_steps``, logged
+        every step) and warned about; ``max_nonfinite_steps`` in a row stop the run with
+        :class:`NonFiniteTrainingError` naming the step. Returns whether the step is known here to be dropped (then
+        clipping is skipped).
+
+        Two ways to drop, the same outcome (no update, no weight decay, no moment update, the optimiser's step count
+        unchanged):
+
+        * fused Adam/AdamW (what :meth:`adam_implementation` picks on GPUs and CPUs): the flag goes to the optimiser
+          as ``found_inf`` (the fused kernels' own skip, which fp16's gradient scaler uses), so the decision costs no
+          host sync: the count, the warning and the stop are read on the host every ``nonfinite_check_every`` steps
+          (:meth:`check_nonfinite_steps`; every step on a CPU). Once ``max_nonfinite_steps`` in a row are reached,
+          every later step is dropped too until that read stops the run, so the weights the error names are the
+          weights. Between reads it returns False (not known on the host): clipping a dropped step's gradients
+          changes nothing.
+        * other optimisers: the flag is read on the host (one sync a step) and every ``p.grad`` set to None: torch's
+          optimisers leave a parameter without a gradient untouched.
+
+        Under fp16's gradient scaler non-finite gradients are the scaler's (it skips the step and lowers its scale),
+        so only the loss counts; under DeepSpeed (whose gradients are not ``p.grad``) a non-finite loss is counted and
+        stops the run, but DeepSpeed applies the step."""
         loss_finite, self._loss_finite = self._loss_finite, None
         bad = torch.zeros((), dtype=torch.bool, device=self.device)
         if loss_finite is not None:
             bad |= ~loss_finite.to(bad.device)
         if grad_norm is not None and getattr(self.trainer.precision_plugin, "scaler", None) is None:
             bad |= ~torch.isfinite(grad_norm).to(bad.device)
+        opt = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps torch's
+        if self._drops_in_optimizer(opt):
+            self._drop_in_optimizer(opt, bad)
+            every = self.nonfinite_check_every or (1 if self.device.type == "cpu" else
+                                                   max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1)))
+            if (self.global_step + 1) % every == 0:
+                try:
+                    self.check_nonfinite_steps(self.global_step, loss_finite, grad_norm)
+                except NonFiniteTrainingError:
+                    del opt.found_inf  # the run stops here: no step reads it
+                    raise
+                return self._nonfinite_in_row > 0  # read at this step: dropped (clipping skipped) or not
+            return False
         bad = self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
         self._nonfinite_in_row = self._nonfinite_in_row + 1 if bad else 0
         self._skipped_steps += int(bad)  # logged by optimizer_step (the loop's; a hand-driven engine step logs nothing)
         if not bad:
             return False
         step, n = self.global_step, self._nonfinite_in_row
-        what = (f"loss finite: {None if loss_finite is None else bool(loss_finite)}, gradient norm: "
-                f"{None if grad_norm is None else float(grad_norm)} (on this rank)")
+        what = self._nonfinite_values(loss_finite, grad_norm)
         if n >= self.max_nonfinite_steps:
-            raise NonFiniteTrainingError(
-                f"training stopped at optimiser step {step}: {n} steps in a row (steps {step - n + 1}..{step}) had a "
-                f"NaN/inf loss or gradient norm on some rank ({what}) and were skipped. The weights are those before "
-                f"step {step - n + 1}; look for bad samples or a diverging run (lower the learning rate, check "
-                f"gradient_clip_val), or raise max_nonfinite_steps ({self.max_nonfinite_steps})")
+            raise self._nonfinite_error(step, n, what)
         log.warning("optimiser step %d skipped: NaN/inf loss or gradient norm (%s); %d in a row, the run stops at %d",
                     step, what, n, self.max_nonfinite_steps)
         if isinstance(self.trainer.precision_plugin, DeepSpeedPrecision):
@@ -196,6 +225,62 @@ class ReconstructionModule(L.LightningModule):
             for p in group["params"]:
                 p.grad = None
         return True
+
+    def _drops_in_optimizer(self, opt) -> bool:
+        """Whether ``opt`` drops a step itself when given ``found_inf`` (torch's fused Adam and AdamW read it)."""
+        return (isinstance(opt, torch.optim.Adam) and bool(opt.defaults.get("fused"))
+                and not isinstance(self.trainer.precision_plugin, DeepSpeedPrecision))
+
+    def _drop_in_optimizer(self, opt, bad: torch.Tensor) -> None:
+        """Device-side bookkeeping of this step's flag ``bad`` (no host sync) and ``opt.found_inf`` from it."""
+        bad = self.trainer.strategy.reduce(bad.float(), reduce_op="sum") > 0  # any rank (identity on one device)
+        state = self._nonfinite
+        if state is None or state.device != bad.device:
+            if state is None:  # this process's first step (a resumed run starts past 0)
+                self._last_nonfinite_check = self.global_step - 1
+            state = torch.tensor([float(self._nonfinite_in_row), float(self._skipped_steps), -1.0], device=bad.device)
+        in_row = (state[0] + 1) * bad
+        stop = torch.where((state[2] < 0) & (in_row >= self.max_nonfinite_steps), float(self.global_step), state[2])
+        bad = bad | (stop >= 0)  # past the stop every step is dropped until the host reads it
+        self._nonfinite = torch.stack([in_row, state[1] + bad, stop])
+        param = next(p for group in opt.param_groups for p in group["params"])
+        opt.found_inf = bad.to(param.device, torch.float32)  # a scalar, as the step counts; removed by optimizer_step
+
+    def check_nonfinite_steps(self, step: int, loss_finite: Optional[torch.Tensor] = None,
+                              grad_norm: Optional[torch.Tensor] = None) -> None:
+        """Reads the device-side count of dropped steps up to optimiser step ``step`` (one host sync): warns about
+        the steps dropped since the last read and raises :class:`NonFiniteTrainingError` once
+        ``max_nonfinite_steps`` in a row were dropped. ``loss_finite``/``grad_norm``: step ``step``'s, named in the
+        messages when that step is the one reported."""
+        if self._nonfinite is None or step <= self._last_nonfinite_check:
+            return
+        in_row, skipped, stop = (int(v) for v in self._nonfinite.tolist())
+        new, last = skipped - self._skipped_steps, self._last_nonfinite_check
+        self._nonfinite_in_row, self._skipped_steps = in_row, skipped
+        self._last_nonfinite_check = step
+        one = new == 1 and in_row and last == step - 1 and (loss_finite is not None or grad_norm is not None)
+        what = self._nonfinite_values(loss_finite, grad_norm) if one else None  # this step's values, when it's the one
+        if stop >= 0:
+            n = self.max_nonfinite_steps
+            raise self._nonfinite_error(stop, n, what if stop == step else None)
+        if one:
+            log.warning("optimiser step %d skipped: NaN/inf loss or gradient norm (%s); %d in a row, the run stops "
+                        "at %d", step, what, in_row, self.max_nonfinite_steps)
+        elif new:
+            log.warning("%d optimiser steps skipped among steps %d..%d: NaN/inf loss or gradient norm; %d in a row "
+                        "now, the run stops at %d", new, last + 1, step, in_row, self.max_nonfinite_steps)
+
+    @staticmethod
+    def _nonfinite_values(loss_finite: Optional[torch.Tensor], grad_norm: Optional[torch.Tensor]) -> str:
+        return (f"loss finite: {None if loss_finite is None else bool(loss_finite)}, gradient norm: "
+                f"{None if grad_norm is None else float(grad_norm)} (on this rank)")
+
+    def _nonfinite_error(self, step: int, n: int, what: Optional[str]) -> NonFiniteTrainingError:
+        return NonFiniteTrainingError(
+            f"training stopped at optimiser step {step}: {n} steps in a row (steps {step - n + 1}..{step}) had a "
+            f"NaN/inf loss or gradient norm on some rank{f' ({what})' if what else ''} and were skipped. The weights "
+            f"are those before step {step - n + 1}; look for bad samples or a diverging run (lower the learning "
+            f"rate, check gradient_clip_val), or raise max_nonfinite_steps ({self.max_nonfinite_steps})")
 
     def adam_implementation(self) -> dict[str, bool]:
         """The keyword that picks torch's Adam/AdamW implementation: ``fused`` (one pass over each tensor, on a GPU
@@ -209,9 +294,17 @@ class ReconstructionModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)  # runs the closure: backward, then configure_gradient_clipping
-        self.log("train/skipped_steps", float(self._skipped_steps), batch_size=1)
+    def optimizer_step(self, epoch, batch_idx, optimizer, *args, **kwargs) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, *args, **kwargs)  # the closure: backward, clipping
+        opt = getattr(optimizer, "_optimizer", optimizer)
+        if hasattr(opt, "found_inf"):  # this step's drop flag (skip_nonfinite_step), read by the step just taken
+            del opt.found_inf
+        # the device-side count where the optimiser drops steps itself (no host sync), else the host's
+        skipped = self._nonfinite[1] if self._nonfinite is not None else float(self._skipped_steps)
+        self.log("train/skipped_steps", skipped, batch_size=1)
+
+    def on_train_end(self) -> None:
+        self.check_nonfinite_steps(self.global_step - 1)  # steps dropped since the last read: warned, or it fails
 
     # --- validation and test -------------------------------------------------------------------------------------
     def evaluate_batch(self, batch: dict, stage: str) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from geometry.rays import ray_box, section_lengths
+from lightning_modules.networks.lrm.lean_mlp import lean_mlp
 
 Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # points (B, N, 3) → σ (B, N), rgb (B, N, 3)
 
@@ -96,12 +97,12 @@ class TriplaneField(nn.Module):
         """Estimated activation bytes one training sample keeps for backward (fp32): the MLP's layer and activation
         inputs, the sampler's taps and weights, and the compositing terms."""
         widths = [m.in_features for m in self.mlp if isinstance(m, nn.Linear)]
-        mlp = sum(widths) + sum(widths[1:])  # each Linear's input, each SiLU's input
+        mlp = sum(widths)  # the first Linear's input, each SiLU's input (lean_mlp recomputes the SiLU's output)
         taps = 12 * (8 + 4) if self.sampler == "embedding_bag" else 3 * 2 * 4
         return 4 * (mlp + 32) + taps
 
     def forward(self, planes: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = self.mlp(self.features(planes, points))
+        raw = lean_mlp(self.mlp, self.features(planes, points))  # = self.mlp(...), half its saved activations
         sigma = F.softplus(raw[..., 0].float() + self.density_bias)
         rgb = torch.sigmoid(raw[..., 1:].float()) * (1 + 2e-3) - 1e-3  # reachable 0 and 1 (as in EG3D)
         return sigma, rgb

@@ -158,3 +158,28 @@ def test_ddp_ranks_agree_to_skip(tmp_path):
     w = {(r, b): torch.load(tmp_path / f"rank{r}-batch{b}.pt") for r in (0, 1) for b in (0, 1)}
     assert _same(w[0, 0], initial) and _same(w[1, 0], initial)  # both ranks skipped step 0
     assert _same(w[0, 1], w[1, 1]) and not _same(w[0, 1], initial)  # and stepped together on step 1
+
+
+def test_fused_adamw_drops_the_step_itself_and_the_host_reads_it_at_its_cadence(batch, tmp_path, caplog):
+    """With fused AdamW the drop costs no host sync (the flag goes to the optimiser as ``found_inf``); the count,
+    the warning and the stop are read every ``nonfinite_check_every`` steps (on a GPU: ``log_every_n_steps``).
+    Steps after ``max_nonfinite_steps`` in a row are dropped until that read, so the weights are those the error
+    names: here steps 0 and 1 are NaN, step 2 is good but past the stop, and the read at step 3 stops the run."""
+    module, seen = _tiny(max_nonfinite_steps=2), Weights()
+    module.nonfinite_check_every = 4
+    bad = _nan_target(batch)
+    with pytest.raises(NonFiniteTrainingError, match=r"stopped at optimiser step 1: 2 steps in a row \(steps 0..1\)"):
+        _fit(module, [bad, bad, batch, batch, batch], tmp_path, [seen])
+    assert module.trainer.optimizers[0].defaults["fused"]
+    assert len(seen.after) == 3 and all(_same(seen.before[0], after) for after in seen.after)
+    assert seen.skipped == [1.0, 2.0, 3.0]  # the device-side count, logged every step without a host read
+    assert not hasattr(module.trainer.optimizers[0], "found_inf")  # removed after each step
+
+
+def test_fused_adamw_dropped_steps_between_reads_are_warned_about_at_the_read(batch, tmp_path, caplog):
+    module, seen = _tiny(), Weights()
+    module.nonfinite_check_every = 50  # no read during the run: the end of training reads
+    _fit(module, [batch, _nan_target(batch), batch], tmp_path, [seen])
+    assert _same(seen.before[1], seen.after[1]) and not _same(seen.before[2], seen.after[2])
+    assert seen.skipped == [0.0, 1.0, 1.0]
+    assert any("1 optimiser steps skipped among steps 0..2" in r.getMessage() for r in caplog.records)
