@@ -284,9 +284,10 @@ class ReconstructionModule(L.LightningModule):
 
     def adam_implementation(self) -> dict[str, bool]:
         """The keyword that picks torch's Adam/AdamW implementation: ``fused`` (one pass over each tensor, on a GPU
-        and on a CPU, where it ran 2.4× faster than the per-tensor loop and 3.4× faster than ``foreach``:
-        BENCHMARKS.md, peer benchmark), except under fp16's gradient scaler (Lightning unscales before clipping only
-        for unfused optimisers) and DeepSpeed (its optimiser wrapper), which keep ``foreach``."""
+        and on a CPU, where it ran 2–3× faster than the per-tensor loop and ``foreach`` for lrm_small's shapes and for
+        lrm_tiny's many small tensors alike: BENCHMARKS.md, peer benchmark; it also drops non-finite steps without a
+        host sync, :meth:`skip_nonfinite_step`), except under fp16's gradient scaler (Lightning unscales before
+        clipping only for unfused optimisers) and DeepSpeed (its optimiser wrapper), which keep ``foreach``."""
         plugin = self._trainer.precision_plugin if self._trainer is not None else None
         scaled = getattr(plugin, "scaler", None) is not None
         return {"foreach": True} if scaled or isinstance(plugin, DeepSpeedPrecision) else {"fused": True}
