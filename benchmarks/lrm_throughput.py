@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     }
     print(f"# {datetime.date.today()} {result['device']}, torch {torch.__version__}; "
           f"python -m benchmarks.lrm_throughput {' '.join(argv if argv is not None else sys.argv[1:])}")
-    print(f"sampler: {module.net.field.sampler}")
+    print(f"sampler: {module.net.field.sampler_on(device)}")
     print("| config | batch × views × crop² | precision | ckpt | deferred BP | step s | samples/s | GFLOP/sample "
           "| achieved TFLOP/s | matmul TFLOP/s | **MFU** (vs matmul) | peak memory GiB |")
     print(f"| {args.config} ({params / 1e6:.1f} M) | {args.batch} × {args.views} × {args.crop}² | {args.precision} "

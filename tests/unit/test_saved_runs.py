@@ -210,4 +210,4 @@ def test_a_saved_config_yaml_is_plain_yaml(tmp_path):
     cli = Lift3dCLI(run=False, args=["--config", str(EXPERIMENT_DIR / "lrm_tiny.yaml"), "--trainer.logger=false"])
     dumped = cli.parser.dump(cli.config, skip_none=False)
     model = yaml.safe_load(dumped)["model"]["init_args"]
-    assert model["transformer"]["grad_checkpointing"] is False and model["field"]["sampler"] == "grid_sample"
+    assert model["transformer"]["grad_checkpointing"] is False and model["field"]["sampler"] == "auto"

@@ -75,7 +75,8 @@ class FieldConfig(BlockConfig[TriplaneField]):
         layers: MLP layers.
         bound: the scene cube [-bound, bound]³.
         density_bias: added to the density logit (an empty scene at initialisation).
-        sampler: plane lookup (same maths; embedding_bag's backward is faster on GPUs).
+        sampler: plane lookup, the same maths either way: ``auto`` (default) picks per device at run time,
+            ``embedding_bag`` on CUDA (its backward is faster on GPUs), ``grid_sample`` on a CPU (faster there).
     """
 
     block = TriplaneField
@@ -85,7 +86,7 @@ class FieldConfig(BlockConfig[TriplaneField]):
     layers: int = default_of(TriplaneField, "layers")
     bound: float = default_of(TriplaneField, "bound")
     density_bias: float = default_of(TriplaneField, "density_bias")
-    sampler: Literal["grid_sample", "embedding_bag"] = default_of(TriplaneField, "sampler")
+    sampler: Literal["auto", "grid_sample", "embedding_bag"] = default_of(TriplaneField, "sampler")
 
 
 @dataclass(frozen=True)
