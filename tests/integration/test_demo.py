@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 BATCH, TARGETS, CROP, ENLARGE = 2, 2, 32, 3  # preview: a row per sample, 32² target crops, enlarged 3×
 MESH_RESOLUTION = 64                          # marching cubes over a 64³ grid of the [-1, 1]³ scene cube
 TURNTABLE_FRAMES, TURNTABLE_SIZE = 36, 256    # lift3d predict's default turntable
+CONTACT_FRAMES = 6                            # contact sheet: input | 6 of those frames (every 60°)
 
 
 def check_preview(path) -> None:
@@ -67,29 +68,65 @@ def test_demo_renders_reads_back_and_previews(tmp_path, capsys):
     assert "0 ok, 0 failed, 4 already done" in capsys.readouterr().out
 
 
+def check_contact_sheet(path, inputs) -> None:
+    """contact_sheet.png: a row per training object (in name order), its input image | CONTACT_FRAMES turntable frames,
+    every tile TURNTABLE_SIZE²; each tile shows its object on white (the input photo, then the mesh turning)."""
+    sheet = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    n = len(inputs)
+    assert sheet.shape == (n * TURNTABLE_SIZE, (1 + CONTACT_FRAMES) * TURNTABLE_SIZE, 3), \
+        f"{sheet.shape}: expected {n} rows of 1 input + {CONTACT_FRAMES} frames, {TURNTABLE_SIZE}² each"
+    for row, image in enumerate(inputs):
+        tiles = [sheet[row * TURNTABLE_SIZE:(row + 1) * TURNTABLE_SIZE, i * TURNTABLE_SIZE:(i + 1) * TURNTABLE_SIZE]
+                 for i in range(1 + CONTACT_FRAMES)]
+        photo = np.asarray(Image.open(image).convert("RGBA").resize((TURNTABLE_SIZE,) * 2)).astype(int)
+        # the first tile is the input image over white: dark where the photo is opaque, white where transparent
+        opaque = photo[..., 3] == 255
+        assert np.abs(tiles[0][opaque] - photo[..., :3][opaque]).mean() < 8, f"row {row}: not the input {image}"
+        clear = tiles[0][photo[..., 3] == 0].min(-1)  # (the two resamplings differ by a pixel at the silhouette)
+        assert (clear >= 250).mean() > 0.98, f"row {row}: the input is not composited over white"
+        for i, tile in enumerate(tiles[1:]):
+            assert 0.02 < (tile.min(-1) < 255).mean() < 0.9, f"row {row} frame {i}: no framed mesh"
+        assert all((a != b).any() for a, b in zip(tiles[1:], tiles[2:])), f"row {row}: the frames do not turn"
+
+
 def test_demo_trains_the_tiny_lrm_and_exports_meshes(tmp_path, capsys):
-    """The whole `make demo`, with fewer training steps: a W&B offline run, a checkpoint, one mesh per object."""
+    """The whole `make demo`, with fewer training steps: a W&B offline run, a checkpoint, one mesh per object, the
+    closing table of the training objects' meshes against the geometry Blender rendered, and the contact sheet."""
     import trimesh
 
     assert demo.main(["--out", str(tmp_path), "--resolution", "64", "--samples", "4", "--train-steps", "12"]) == 0
+    out = capsys.readouterr().out
     assert (tmp_path / "lrm" / "checkpoints" / "last.ckpt").exists()
     assert list((tmp_path / "lrm").glob("wandb/offline-run-*")), "no W&B offline run"
+    assert "[12/12, elapsed" in out, "no training progress line"
     meshes = sorted((tmp_path / "meshes").glob("*.glb"))
     assert [m.stem for m in meshes] == ["multi_material", "textured_box", "vertex_coloured_sphere"]
     inputs = sorted((tmp_path / "inputs").glob("*.png"))  # each object's source view, as the user's RGBA photo
     assert [p.stem for p in inputs] == [m.stem for m in meshes]
     for p in inputs:
         photo = Image.open(p)
-        assert photo.mode == "RGBA" and (np.asarray(photo)[..., 3] == 255).mean() > 0.1, f"{p}: no opaque object"
+        assert photo.mode == "RGBA" and (np.asarray(photo)[..., 3] == 255).mean() > 0.01, f"{p}: no opaque object"
     for m in meshes:
         mesh = trimesh.load(m, force="mesh")
         assert 100 < len(mesh.vertices) <= 3 * MESH_RESOLUTION ** 3, (m, len(mesh.vertices))  # ≤ 3 per grid point
         assert len(mesh.faces) > 100 and mesh.visual.vertex_colors.shape[0] == len(mesh.vertices)
         assert np.linalg.norm(mesh.vertices, axis=1).max() <= 3 ** 0.5 + 1e-4, f"{m}: vertices outside the scene cube"
         check_turntable(m.with_suffix(".gif"))
+    # the training objects' meshes against the geometry Blender rendered: the closing table, one row per object
+    records = {r["key"]: r for r in map(json.loads, (tmp_path / "training_objects" / "metrics.jsonl").read_text()
+                                        .splitlines())}
+    assert sorted(records) == [m.stem for m in meshes]
+    for key, r in records.items():
+        assert r["gt"] == "shard_mesh", (key, r.get("gt"), r.get("geometry_error"))
+        row = next(line for line in out.splitlines() if line.startswith(f"[demo]   {key} "))
+        assert f"{r['chamfer']:.3f}" in row and f"{r['fscore@0.1']:.3f}" in row, row
+    sheet = tmp_path / "contact_sheet.png"
+    check_contact_sheet(sheet, inputs)
+    closing = out.rstrip().splitlines()[-8:]
+    assert any(str(sheet) in line for line in closing), "the contact sheet is not named in the demo's last lines"
     # the held-out objects are scored and reported
-    records = [json.loads(line) for line in (tmp_path / "evaluation" / "metrics.jsonl").read_text().splitlines()]
-    assert sorted(r["key"] for r in records) == ["held_out_box", "held_out_sphere"]
-    assert all(r["held_out_views"] == 23 and "psnr" in r for r in records)
+    held_out = [json.loads(line) for line in (tmp_path / "evaluation" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(r["key"] for r in held_out) == ["held_out_box", "held_out_sphere"]
+    assert all(r["held_out_views"] == 23 and "psnr" in r for r in held_out)
     assert (tmp_path / "evaluation" / "report.html").exists()
     assert list((tmp_path / "evaluation").glob("wandb/offline-run-*")), "evaluation logged into another W&B run"
