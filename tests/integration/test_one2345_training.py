@@ -78,7 +78,10 @@ def test_tiny_one2345_overfits_a_rendered_object(overfit, one2345_shards):
     validator = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     metrics = validator.validate(overfit["module"], datamodule(one2345_shards["dir"]), verbose=False)[0]
     print({k: round(v, 4) for k, v in metrics.items()})
-    assert metrics["val/psnr"] > 20.0 and metrics["val/mask_iou"] > 0.7
+    # mask IoU bound 0.7 → 0.6 with the framed one2345 rig (issue 15): the object is drawn at half the size (image
+    # scale 1/(d·tan(θ/2)): 0.50 at 4.37 and 49.1° against 0.98 at 2.8 and 40°), so at 64² its silhouette's boundary
+    # band is twice the share of its area; measured 0.82 → 0.69 while PSNR held (25.7 → 26.4 dB), BENCHMARKS.md
+    assert metrics["val/psnr"] > 20.0 and metrics["val/mask_iou"] > 0.6
     assert metrics["val/depth_l1"] < 0.2
 
 
