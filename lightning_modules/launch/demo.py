@@ -197,7 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=128)
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--train-steps", type=int, default=DEFAULT_STEPS, help="lrm_tiny training steps (0: stop after the preview)")
+    p.add_argument("--train-steps", type=int, default=DEFAULT_STEPS,
+                   help="lrm_tiny training steps (0: stop after the preview)")
     args = p.parse_args(argv)
     t0 = time.time()
     asset_dir = os.path.join(args.out, "assets")
