@@ -102,7 +102,8 @@ class TriplaneField(nn.Module):
         inputs, the sampler's taps and weights (the sampler of the field's device), and the compositing terms."""
         widths = [m.in_features for m in self.mlp if isinstance(m, nn.Linear)]
         mlp = sum(widths)  # the first Linear's input, each SiLU's input (lean_mlp recomputes the SiLU's output)
-        sampler = self.sampler_on(self.mlp[0].weight.device)
+        first = next(m for m in self.mlp if isinstance(m, nn.Linear))
+        sampler = self.sampler_on(first.weight.device)
         taps = 12 * (8 + 4) if sampler == "embedding_bag" else 3 * 2 * 4
         return 4 * (mlp + 32) + taps
 
