@@ -27,10 +27,10 @@ class ConstantDensityBox(nn.Module):
 
     def __init__(self, sigma: float, half: float):
         super().__init__()
-        self.sigma, self.half = nn.Parameter(torch.tensor(float(sigma))), half
+        self.sigma, self.half_size = nn.Parameter(torch.tensor(float(sigma))), half
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inside = (points.abs() <= self.half).all(dim=-1)
+        inside = (points.abs() <= self.half_size).all(dim=-1)
         return self.sigma * inside.float(), torch.ones(*points.shape[:-1], 3)
 
 
