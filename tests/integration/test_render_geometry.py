@@ -93,7 +93,7 @@ def test_meta_and_cameras_follow_format_v1(rendered):
 
 
 def test_depth_backprojects_onto_the_source_mesh_and_alpha_matches_its_silhouette(rendered):
-    checked = 0
+    checked, ious = 0, {}
     for key, s in _samples(rendered["out"]).items():
         asset = rendered["assets"][key]
         meta = json.loads(s["meta.json"])
@@ -113,7 +113,7 @@ def test_depth_backprojects_onto_the_source_mesh_and_alpha_matches_its_silhouett
             sil = _silhouette(mesh, K, c2w, depth.shape)
             a, b = alpha >= 128, sil >= 128
             iou = (a & b).sum() / (a | b).sum()
-            assert iou > 0.95, f"{key} view {i}: silhouette IoU {iou:.3f}"
+            ious[f"{key} view {i}"] = iou
             # world-space normals are unit vectors where there is a surface, zero elsewhere
             normal = decode_normal(s, i).astype(np.float64)
             norms = np.linalg.norm(normal[alpha >= 128], axis=-1)
@@ -121,6 +121,11 @@ def test_depth_backprojects_onto_the_source_mesh_and_alpha_matches_its_silhouett
             assert np.all(normal[depth == 0] == 0)
             checked += 1
     assert checked >= 6 * 8
+    # alpha and the mesh's own silhouette agree up to the boundary pixels: the framed rigs draw objects at about half
+    # the size on the 96² image, so the 1-px boundary is twice the silhouette's share (every view > 0.95 before)
+    worst = min(ious, key=ious.get)
+    print(f"silhouette IoU: worst {ious[worst]:.3f} ({worst}), median {np.median(list(ious.values())):.3f}")
+    assert ious[worst] > 0.92, f"{worst}: silhouette IoU {ious[worst]:.3f}"  # measured: worst 0.938, median 0.990
 
 
 def test_normals_face_the_camera_on_a_box(rendered):
