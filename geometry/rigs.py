@@ -105,9 +105,8 @@ def framing_fov(distance: float, margin: float = FRAMING_MARGIN, radius: float =
 
 def frames(distance, fov_deg, margin: float = FRAMING_MARGIN, radius: float = OBJECT_RADIUS) -> bool:
     """Whether cameras at ``distance`` (scalar or array) with ``fov_deg`` all obey the framing rule."""
-    d = np.asarray(distance, dtype=np.float64)
-    need = radius * (1.0 + margin) / np.sin(np.radians(np.asarray(fov_deg, dtype=np.float64)) / 2.0)
-    return bool(np.all(d >= need * (1.0 - 1e-12)))
+    need = np.vectorize(framing_distance)(fov_deg, margin, radius)  # the rule, one home
+    return bool(np.all(np.asarray(distance, dtype=np.float64) >= need * (1.0 - 1e-12)))
 
 
 # ---------------------------------------------------------------------------------- each rig's framing

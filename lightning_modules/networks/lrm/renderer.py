@@ -192,8 +192,8 @@ class VolumeRenderer(nn.Module):
     def render_rays(self, field: Field, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
                     stratified: bool) -> dict[str, torch.Tensor]:
         """origins, dirs (B, R, 3), background (B, 3) → rgb (B, R, 3), opacity (B, R), depth (B, R)."""
-        near, far, hit = ray_box(origins.float(), dirs.float(), -self.bound, self.bound)
-        d32 = dirs.float()  # the intervals' |d| (composite)
+        d32 = dirs.float()  # the box test's and the intervals' (composite) directions
+        near, far, hit = ray_box(origins.float(), d32, -self.bound, self.bound)
         bins = torch.linspace(0, 1, self.num_coarse + 1, device=origins.device)
         u = torch.rand(*near.shape, self.num_coarse, device=origins.device) if stratified else 0.5
         t = near[..., None] + (far - near)[..., None] * (bins[:-1] + u / self.num_coarse)  # (B, R, S_c)
