@@ -61,7 +61,8 @@ def preview(batch: dict, path: str) -> None:
 
 
 def write_source_views(shard_dir: str, out_dir: str) -> list[str]:
-    """Each object's source view (the LRM's input) as an RGBA PNG, as a user would hand one to ``lift3d predict``."""
+    """Each object's source view (the LRM's input) as an RGBA PNG, as a user would hand one to ``lift3d predict``;
+    the paths in name order (the shards hold the objects in the order the render workers finished them)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     urls, _ = resolve_shards(shard_dir)
@@ -72,7 +73,7 @@ def write_source_views(shard_dir: str, out_dir: str) -> list[str]:
         with open(path, "wb") as f:
             f.write(sample[view_member(view, "rgba")])
         paths.append(path)
-    return paths
+    return sorted(paths)
 
 
 def train_and_predict(shard_dir: str, out: str, steps: int) -> tuple[str, list[str], str]:
