@@ -126,6 +126,53 @@ def query_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int = 256
     return out.reshape(resolution, resolution, resolution)
 
 
+def opacity_level(grid, bbox=(-1.0, 1.0)) -> float:
+    """The density level where rays from outside a density grid turn half opaque: the automatic mesh level.
+
+    Every grid line along each axis, in both directions, is a ray; its optical depth is the running sum of density ×
+    corner spacing (the quadrature the renderers use). Where it first reaches ln 2 (transmittance 1/2: the rendered
+    surface) the ray's level is the mean density of the two corners around the crossing; the result is the median
+    over all rays that turn opaque. A sharp field gives half its interior density (the surface at the jump), a soft
+    one the density it has where it renders as a surface, so the extracted mesh sits where the images see it.
+    Raises ``ValueError`` ("no surface") when no ray turns half opaque (an empty field), or when rays do so at a
+    density not twice that of empty space (the grid's 10th percentile): fog, e.g. an untrained model's flat field.
+    """
+    if isinstance(grid, torch.Tensor):
+        grid = grid.detach().to("cpu", torch.float32).numpy()
+    grid = np.asarray(grid, dtype=np.float64)
+    if grid.ndim != 3 or min(grid.shape) < 2:
+        raise ValueError(f"grid must be a 3-D array with at least 2 corners per axis, got shape {grid.shape}")
+    lo, hi = (float(b) for b in bbox)
+    sigma = np.clip(np.nan_to_num(grid, nan=0.0, posinf=0.0), 0.0, None)
+    levels = []
+    for axis in range(3):
+        step = (hi - lo) / (grid.shape[axis] - 1)
+        lines = np.moveaxis(sigma, axis, -1).reshape(-1, grid.shape[axis])
+        for ray in (lines, lines[:, ::-1]):
+            depth = np.cumsum(ray * step, axis=1)
+            hit = depth[:, -1] >= np.log(2.0)
+            first = np.argmax(depth[hit] >= np.log(2.0), axis=1)
+            rows = ray[hit]
+            inner = first > 0  # a ray already opaque at the boundary says nothing about where the surface is
+            k, rows, before = first[inner], rows[inner], depth[hit][inner]
+            idx = np.arange(len(k))
+            below, above = rows[idx, k - 1], rows[idx, k]
+            f = (np.log(2.0) - before[idx, k - 1]) / (above * step)  # where in the step the depth reaches ln 2
+            levels.append(below + f * (above - below))  # the density there, interpolated as marching cubes does
+    found = np.concatenate(levels)
+    if found.size == 0:
+        deepest = max(float(sigma.sum(axis=a).max()) * (hi - lo) / (grid.shape[a] - 1) for a in range(3))
+        raise ValueError(f"no surface: no ray through the {'×'.join(map(str, grid.shape))} grid turns half opaque "
+                         f"(largest optical depth along a grid line {deepest:.3g} < ln 2); the model may be "
+                         f"untrained or its density field empty")
+    level = float(np.median(found))
+    empty = float(np.quantile(sigma, 0.1))  # empty space: an object fills well under 90% of its grid
+    if not level > 2.0 * empty:
+        raise ValueError(f"no surface: rays turn half opaque at density {level:.3g}, not above the empty space's "
+                         f"{empty:.3g} (10th percentile) by 2×: a nearly flat (foggy) field, e.g. an untrained model")
+    return level
+
+
 def marching_cubes(grid, level: float, bbox=(-1.0, 1.0), inside: str = "above", closed: bool = False
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Extract the ``level`` isosurface of a field sampled as :func:`query_grid` does (skimage, Lewiner).

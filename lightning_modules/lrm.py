@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
-from geometry.mesh import marching_cubes, query_grid, save_mesh
+from geometry.mesh import marching_cubes, opacity_level, query_grid, save_mesh
 from geometry.raster import render_turntable
 from geometry.rays import canonical_to_world, canonicalize_cameras
 from lightning_modules.base import ReconstructionModule
@@ -205,17 +205,16 @@ class LRMModule(ReconstructionModule):
                      closed: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One object's planes (1, 3, F, P, P) → vertices (canonical frame), faces, vertex colours in [0, 1].
 
-        The surface is where the density crosses ``mesh_level`` (``None``: halfway between the grid's minimum and its
-        99.5th percentile, for models whose density scale is not known in advance, e.g. briefly trained ones).
+        The surface is where the density crosses ``mesh_level`` (``None``: :func:`geometry.mesh.opacity_level`, the
+        density where rays from outside turn half opaque, for models whose density scale is not known in advance,
+        e.g. briefly trained ones; ``ValueError`` "no surface" when none does).
         ``closed``: cap the surface where density reaches the grid's boundary (a watertight mesh, for volume IoU)."""
         bound = self.net.field.bound
         grid = query_grid(lambda p: self.net.density(planes, p), resolution or self.mesh_resolution,
                           (-bound, bound), device=planes.device)
         level = self.mesh_level if level is None else level
-        if level is None:  # automatic: halfway from empty space (the minimum) to the interior (99.5th percentile)
-            sub = grid.flatten()[::max(1, grid.numel() // 2_000_000)]
-            lo, hi = float(sub.min()), float(torch.quantile(sub, 0.995))
-            level = lo + 0.5 * (hi - lo)
+        if level is None:  # automatic: the density where rays from outside turn half opaque (the rendered surface)
+            level = opacity_level(grid, (-bound, bound))
         verts, faces = marching_cubes(grid, level, (-bound, bound), inside="above", closed=closed)
         v = torch.from_numpy(verts).to(planes.device)
         colours = torch.cat([self.net.colour(planes, c) for c in v.split(1 << 18)]).cpu().numpy()

@@ -104,8 +104,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", help="the model YAML the checkpoint was trained with (configs/model/...): its "
                    "mesh_resolution and mesh_level are used (they are run-time settings, not in the checkpoint)")
     p.add_argument("--mesh-resolution", type=int, help="marching-cubes grid (default: --model-config's, else 256)")
-    p.add_argument("--mesh-level", help="density level of the surface, or 'auto' (halfway from the grid's minimum "
-                   "to its 99.5th percentile); default: --model-config's, else 10 (the paper config's)")
+    p.add_argument("--mesh-level", help="density level of the surface, or 'auto' (where rays from outside "
+                   "turn half opaque); default: --model-config's, else 10 (the paper config's)")
     p.add_argument("--lpips-weights", help="torchvision vgg16-397923af.pth for LPIPS (default: the model's "
                    "lpips_weights when that file exists; else LPIPS is skipped)")
     p.add_argument("--clip-weights", help="directory of a transformers CLIPModel (save_pretrained) for CLIP "

@@ -32,12 +32,9 @@ LOSS_FALL = 2.0        # mean loss of the last 20 steps ≤ first 5 steps' mean 
 MIN_PSNR_DB = 18.0     # the sphere's PSNR over its 16 training views, rendered without ray jitter
 MIN_GAIN_DB = 2.0      # every object's PSNR gain over the untrained model
 MIN_IOU = 0.85         # every object's silhouette IoU (opacity > 0.5 vs alpha > 0.5)
-# sphere mesh vs its rendered depth, normalised units (the object spans [-1, 1]^3). 0.13 → 0.26 with the framed lrm32
-# rig (issue 15): the object is drawn at about half the size (r 4.3–6.0 instead of 2–3.5), so the learned density
-# ramps up over twice the world distance, and the export's automatic level (halfway to the interior density) sits
-# inside the surface: measured 0.223 (mesh radius 0.73 vs 0.99) where the same field at a tenth of that level gives
-# 0.066 (radius 0.94), BENCHMARKS.md "Framing (issue 15)"
-MAX_CHAMFER = 0.26
+# sphere mesh vs its rendered depth, normalised units (the object spans [-1, 1]^3); the export's automatic level is
+# where rays turn half opaque (geometry.mesh.opacity_level), measured: see BENCHMARKS.md "Framing (issue 15)"
+MAX_CHAMFER = 0.13
 
 
 def test_tiny_lrm_overfits_rendered_objects(overfit_lrm, lrm_shards):

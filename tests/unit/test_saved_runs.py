@@ -13,6 +13,7 @@ from configs import DEEPSPEED_DIR, EXPERIMENT_DIR, MODEL_DIR, load_model_block
 from lightning_modules.launch.cli import Lift3dCLI, main
 from lightning_modules.lrm import LRMModule
 from lightning_modules.networks.lrm.config import TransformerConfig
+from tests.unit.lightning_modules.conftest import field_median
 
 # lift3d fit's config.yaml (Lightning's SaveConfigCallback) from before lightning_modules/launch/ existed; the model
 # blocks as given in configs/model/lrm_tiny.yaml then (plain dicts, partial)
@@ -200,8 +201,10 @@ def test_lift3d_predict_runs_from_the_checkpoint(checkpoints, name, tmp_path):
     main(["predict", "--config", str(EXPERIMENT_DIR / "lrm_tiny.yaml"), "--ckpt_path", str(path),
           "--data=datamodules.images.ImageDataModule", f"--data.images={tmp_path / 'square.png'}",
           "--data.input_size=64", f"--model.init_args.predict_dir={out}", "--model.init_args.mesh_resolution=24",
-          "--model.init_args.mesh_level=null", "--model.init_args.turntable=none", "--trainer.logger=false",
-          "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+          f"--model.init_args.mesh_level={field_median(path, tmp_path / 'square.png')}",
+          "--model.init_args.turntable=none",
+          "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])
     assert (out / "square.glb").stat().st_size > 100
 
 

@@ -10,6 +10,7 @@ from geometry.mesh import (
     grid_points,
     load_mesh,
     marching_cubes,
+    opacity_level,
     query_grid,
     sample_surface,
     save_mesh,
@@ -86,6 +87,36 @@ def test_marching_cubes_level_outside_range(level):
     sdf = query_grid(sphere_sdf, resolution=8)
     with pytest.raises(ValueError, match="no surface: the field ranges over .* outside it"):
         marching_cubes(sdf, level)
+
+
+def ray_surface_radius(density, radius: float = 1.0, n: int = 200_001) -> float:
+    """Where a ray from the grid's face straight at the centre of a radial density turns half opaque (fine steps)."""
+    r = np.linspace(radius, 0.0, n)
+    depth = np.cumsum(density(r)) * (radius / (n - 1))
+    return float(r[np.argmax(depth >= np.log(2.0))])
+
+
+@pytest.mark.parametrize("width", [0.005, 0.03])
+def test_opacity_level_puts_the_mesh_where_rays_turn_opaque(width):
+    """A sharp sphere meshes at its jump; a soft one where a ray through its centre renders the surface, within
+    about a voxel outward (rays grazing the soft shell turn opaque at a lower density: the rendered silhouette)."""
+    density = lambda r: 40.0 / (1.0 + np.exp(-(RADIUS - r) / width)) + 0.01  # noqa: E731
+    grid = query_grid(lambda p: torch.as_tensor(density(p.norm(dim=-1).double().numpy())), resolution=R)
+    level = opacity_level(grid)
+    radii = np.linalg.norm(marching_cubes(grid, level)[0], axis=1)
+    target = ray_surface_radius(density)
+    assert 0.01 < level < 40.0
+    assert np.all(np.abs(radii - target) < 1.5 * VOXEL), (level, radii.min(), radii.max(), target)
+
+
+@pytest.mark.parametrize("field, message", [
+    (lambda p: 0.4 + 0.01 * torch.sin(7.0 * p[:, 0]), "nearly flat"),  # fog: every ray turns opaque somewhere
+    (lambda p: 0.01 + 0.0 * p[:, 0], "no ray .* turns half opaque"),    # empty space
+    (lambda p: 0.3 + 0.0 * p[:, 0], "no ray .* turns half opaque"),     # an untrained LRM: softplus(-1) everywhere
+])
+def test_opacity_level_reports_no_surface(field, message):
+    with pytest.raises(ValueError, match=f"no surface: .*{message}"):
+        opacity_level(query_grid(field, resolution=24))
 
 
 def test_marching_cubes_rejects_bad_inside():

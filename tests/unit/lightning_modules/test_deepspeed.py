@@ -23,7 +23,7 @@ from lightning_modules.launch.deepspeed import (
     load_deepspeed_config,
     resolve_config_path,
 )
-from tests.unit.lightning_modules.conftest import tiny_lrm_args
+from tests.unit.lightning_modules.conftest import field_median, tiny_lrm_args
 
 JSONS = {"zero2": 2, "zero3_offload": 3}
 FRAGMENTS = {"deepspeed_zero2.yaml": "zero2", "deepspeed_zero3_offload.yaml": "zero3_offload"}
@@ -360,6 +360,8 @@ def test_lift3d_predict_runs_from_the_converted_checkpoint(zero2_checkpoint, tmp
     main(["predict", "--config", str(ROOT / "configs" / "experiments" / "lrm_tiny.yaml"), "--ckpt_path", str(converted),
           "--data=datamodules.images.ImageDataModule", f"--data.images={tmp_path / 'square.png'}",
           "--data.input_size=64", f"--model.init_args.predict_dir={out}", "--model.init_args.mesh_resolution=24",
-          "--model.init_args.mesh_level=null", "--model.init_args.turntable=none", "--trainer.logger=false",
-          "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+          f"--model.init_args.mesh_level={field_median(converted, tmp_path / 'square.png')}",
+          "--model.init_args.turntable=none",
+          "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+          f"--trainer.default_root_dir={tmp_path}"])
     assert (out / "square.glb").stat().st_size > 100

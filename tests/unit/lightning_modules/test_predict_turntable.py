@@ -11,19 +11,22 @@ from PIL import Image
 from datamodules.images import ImageDataModule
 from lightning_modules.lrm import LRMModule
 from lightning_modules.prediction import PredictionWriter
-from tests.unit.lightning_modules.conftest import tiny_lrm_args
+from tests.unit.lightning_modules.conftest import field_median, tiny_lrm_args
 
 
 def tiny(tmp_path, **kw) -> LRMModule:
-    """lrm_tiny with random weights; the automatic mesh level (halfway from the grid's minimum to its 99.5th
-    percentile) always finds a surface in a random, non-constant density field."""
+    """lrm_tiny with random weights (its field is fog, with no rendered surface: :func:`predict` meshes it at its
+    median density unless ``mesh_level`` is given)."""
     torch.manual_seed(0)
-    args = dict(tiny_lrm_args(), lpips_weight=0.0, mesh_resolution=24, mesh_level=None, predict_dir=str(tmp_path))
+    args = dict(tiny_lrm_args(), lpips_weight=0.0, mesh_resolution=24, mesh_level=None,
+                predict_dir=str(tmp_path))
     return LRMModule(**{**args, **kw}).eval()
 
 
 def predict(module: LRMModule, batch: dict) -> list[str]:
     """`lift3d predict` on one batch: the module's step, then the writer into its predict_dir; the meshes' paths."""
+    if module.mesh_level is None:
+        module.set_runtime(mesh_level=field_median(module, batch))
     return PredictionWriter().write(module.predict_step(batch, 0), module.predict_dir)
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from configs import ROOT
 from lightning_modules.one2345_inference import One2345Views
 from lightning_modules.prediction import Prediction, PredictionWriter, write_prediction
+from tests.unit.lightning_modules.conftest import field_median
 from tests.unit.lightning_modules.test_one2345_module import synthetic_batch, tiny_module
 
 TETRA = (np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32),
@@ -115,10 +116,13 @@ def test_lift3d_predict_adds_a_writer_and_keeps_no_meshes_in_memory(tmp_path):
     rgba[16:48, 16:48] = (200, 60, 60, 255)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "square.png")
     out = tmp_path / "predictions"
-    cli = Lift3dCLI(args=["predict", "--config", str(ROOT / "configs" / "experiments" / "lrm_tiny.yaml"),
+    config = str(ROOT / "configs" / "experiments" / "lrm_tiny.yaml")  # seed_everything: the same random model twice
+    level = field_median(Lift3dCLI(run=False, args=["--config", config, "--trainer.logger=false"]).model,
+                         tmp_path / "square.png")
+    cli = Lift3dCLI(args=["predict", "--config", config,
                           "--data=datamodules.images.ImageDataModule", f"--data.images={tmp_path / 'square.png'}",
                           "--data.input_size=64", f"--model.init_args.predict_dir={out}",
-                          "--model.init_args.mesh_resolution=16", "--model.init_args.mesh_level=null",
+                          "--model.init_args.mesh_resolution=16", f"--model.init_args.mesh_level={level}",
                           "--model.init_args.turntable_frames=2", "--model.init_args.turntable_size=16",
                           "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
                           f"--trainer.default_root_dir={tmp_path}"])
