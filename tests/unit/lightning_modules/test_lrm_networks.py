@@ -118,6 +118,33 @@ def test_modln_is_layernorm_when_gamma_and_beta_are_zero():
     assert not torch.allclose(mod(x, c), expected)
 
 
+@pytest.mark.parametrize("batch", [1, 3])  # one sample: a single LayerNorm pass; a batch: LayerNorm + addcmul
+def test_modln_folded_affine_matches_layernorm_then_modulation(batch):
+    """ModLN folds LN's affine into the modulation: outputs and every gradient equal the three-pass
+    LN(f)·(1 + γ) + β to fp32 rounding."""
+    torch.manual_seed(0)
+    mod = ModLN(64, 32)
+    with torch.no_grad():  # a trained LN: weight and bias away from 1 and 0
+        mod.norm.weight.uniform_(0.5, 1.5)
+        mod.norm.bias.uniform_(-0.5, 0.5)
+    x, c = torch.randn(batch, 48, 64, requires_grad=True), torch.randn(batch, 32, requires_grad=True)
+    g = torch.randn(batch, 48, 64)
+
+    def grads(fn):
+        x.grad = c.grad = None
+        mod.zero_grad(set_to_none=True)
+        y = fn()
+        y.backward(g)
+        return [y.detach(), x.grad, c.grad] + [p.grad for p in mod.parameters()]
+
+    def three_pass():
+        gamma, beta = mod.mlp(c).unsqueeze(1).chunk(2, dim=-1)
+        return mod.norm(x) * (1 + gamma) + beta
+
+    for got, want in zip(grads(lambda: mod(x, c)), grads(three_pass)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 # --- volume rendering against closed forms -------------------------------------------------------------------------
 def _axis_rays(n=4):
     """Rays from z = -3 along +z through x, y in (-0.5, 0.5): they cross the [-1, 1]^3 box over t ∈ [2, 4]."""
