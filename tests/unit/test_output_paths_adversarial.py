@@ -15,12 +15,14 @@ import tarfile
 import lightning as L
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import MODEL_DIR, ROOT, load_model_block
 from datamodules.shard_datamodule import ShardDataModule
 from lightning_modules.prediction import Prediction, write_prediction
 from render_farm.shards import CAMERAS, CorruptSampleError, encode_cameras, read_header, safe_output_path, scan_samples
 from tests.unit.datamodules.conftest import make_object, make_sample
+from tests.unit.lightning_modules.conftest import field_median
 
 # --- the helper ----------------------------------------------------------------------------------------------------
 
@@ -118,12 +120,16 @@ def test_evaluate_writes_nothing_outside_out_and_records_the_hostile_samples(tmp
     trainer.strategy.connect(module)
     ckpt = tmp_path / "untrained.ckpt"
     trainer.save_checkpoint(ckpt)
+    square = np.zeros((64, 64, 4), np.uint8)
+    square[16:48, 16:48] = (200, 60, 60, 255)
+    Image.fromarray(square, "RGBA").save(tmp_path / "square.png")
+    level = field_median(module, tmp_path / "square.png")  # an untrained field is fog: mesh it at its median
     before = _files_under(tmp_path)
     out = work / "a" / "out"
     cmd = [sys.executable, "-m", "lightning_modules.launch.cli", "evaluate", "--ckpt", str(ckpt), "--shards",
            str(shards), "--out", str(out), "--accelerator", "cpu", "--devices", "1", "--num-points", "500",
-           "--mesh-resolution", "32", "--model-config", str(MODEL_DIR / "lrm_tiny.yaml"), "--save-meshes",
-           "--wandb-mode", "disabled"]
+           "--mesh-resolution", "32", "--mesh-level", str(level), "--model-config", str(MODEL_DIR / "lrm_tiny.yaml"),
+           "--save-meshes", "--wandb-mode", "disabled"]
     env = dict(os.environ, PL_DISABLE_FORK="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -15,6 +15,7 @@ from configs import ROOT
 from lightning_modules.base import ReconstructionModule
 from lightning_modules.launch.cli import Lift3dCLI, main
 from tests.unit.datamodules.conftest import write_shards
+from tests.unit.lightning_modules.conftest import field_median
 
 TINY = str(ROOT / "configs" / "experiments" / "lrm_tiny.yaml")
 
@@ -56,10 +57,15 @@ def test_checkpoint_records_the_training_inputs(fitted):
     assert settings == {"input_size": 64, "foreground_ratio": 0.0, "background": "white"}
 
 
-def _predict(ckpt, tmp_path, *extra):
+def _square(tmp_path):
     rgba = np.zeros((96, 96, 4), np.uint8)
     rgba[30:60, 20:70] = (200, 60, 60, 255)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "square.png")
+    return tmp_path / "square.png"
+
+
+def _predict(ckpt, tmp_path, *extra):
+    _square(tmp_path)
     return Lift3dCLI(args=["predict", "--config", TINY, f"--ckpt_path={ckpt}",
                            "--data=datamodules.images.ImageDataModule", f"--data.images={tmp_path / 'square.png'}",
                            f"--model.init_args.predict_dir={tmp_path / 'out'}", "--model.init_args.mesh_resolution=16",
@@ -69,7 +75,7 @@ def _predict(ckpt, tmp_path, *extra):
 
 def test_predict_prepares_images_as_the_checkpoint_was_trained_and_opens_no_wandb_run(fitted, tmp_path, capsys):
     ckpt, _ = fitted
-    cli = _predict(ckpt, tmp_path)
+    cli = _predict(ckpt, tmp_path, f"--model.init_args.mesh_level={field_median(ckpt, _square(tmp_path))}")
     dm = cli.datamodule
     assert (dm.input_size, dm.foreground_ratio) == (64, 0.0)  # not ImageDataModule's 0.85 re-framing
     assert next(iter(dm.predict_dataloader()))["input_image"].shape[-2:] == (64, 64)
