@@ -89,6 +89,7 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> tuple[str, list[s
     t = time.time()
     resume = [f"--ckpt_path={ckpt}"] if os.path.exists(ckpt) else []  # a second `make demo` continues the run
     lift3d(["fit", "--config", config, *common, *resume, f"--trainer.max_steps={steps}",
+            f"--model.init_args.mask_weight={MASK_WEIGHT}",
             f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
             "--trainer.callbacks=" + json.dumps([
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -117,6 +118,11 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> tuple[str, list[s
 
 
 DEFAULT_STEPS = 400  # lrm_tiny training steps of `make demo`
+# lrm_tiny's mask loss weight in the demo (the config's 0.1 is for long runs): the untrained field is a faint fog
+# through the whole volume, white fog on the white background costs the colour loss nothing, and in a few hundred
+# steps only the mask loss clears it (measured on the demo's shards: at 0.1 no object has a surface after 40 steps
+# and the fog thickens; at 1.0 all three have one at 80 and 100 steps)
+MASK_WEIGHT = 1.0
 CONTACT_FRAMES = 6  # turntable frames per contact-sheet row: predict's 36 frames taken every 60°
 TABLE_METRICS = (("chamfer", "Chamfer"), ("fscore@0.1", "F-score@0.1"))
 
@@ -146,8 +152,23 @@ def score_table(records: list[dict]) -> list[str]:
     lines = [f"{'object':<{width}}  " + "  ".join(f"{name:>11}" for _, name in TABLE_METRICS) + "  ground truth"]
     for r in records:
         values = [f"{r[m]:>11.3f}" if isinstance(r.get(m), float) else f"{'-':>11}" for m, _ in TABLE_METRICS]
-        lines.append(f"{r['key']:<{width}}  " + "  ".join(values) + f"  {r.get('gt') or r.get('geometry_error')}")
+        note = r.get("gt") or r.get("geometry_error")
+        if r.get("mesh_error"):  # the model's field has no surface for this object (fog): nothing to score
+            note = f"{note}; no predicted surface"
+        lines.append(f"{r['key']:<{width}}  " + "  ".join(values) + f"  {note}")
     return lines
+
+
+def no_surface_tile(size: int) -> np.ndarray:
+    """A (size, size, 3) white tile with a grey frame and "no surface": a contact-sheet frame of an object whose
+    density field has no surface yet (too few training steps)."""
+    from PIL import ImageDraw
+
+    tile = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle([2, 2, size - 3, size - 3], outline=(160, 160, 160))
+    draw.text((size // 2, size // 2), "no surface", fill=(120, 120, 120), anchor="mm")
+    return np.asarray(tile)
 
 
 def contact_sheet(inputs: list[str], mesh_dir: str, path: str, frames: int = CONTACT_FRAMES) -> str:
@@ -155,11 +176,19 @@ def contact_sheet(inputs: list[str], mesh_dir: str, path: str, frames: int = CON
     the turntable ``lift3d predict`` rendered of its mesh (``<mesh_dir>/<image name>.gif``)."""
     import imageio.v3 as iio
 
+    from lightning_modules.lrm import LRMModule
+    from lightning_modules.networks.config import default_of
+
+    size = default_of(LRMModule, "turntable_size")  # what lift3d predict renders the demo's turntables at
     rows = []
     for image in inputs:
-        spin = iio.imread(os.path.join(mesh_dir, os.path.splitext(os.path.basename(image))[0] + ".gif"), index=None)
-        spin = spin[..., :3]  # (N, S, S, 3) uint8
-        picks = spin[np.linspace(0, len(spin), frames, endpoint=False).astype(int)]
+        gif = os.path.join(mesh_dir, os.path.splitext(os.path.basename(image))[0] + ".gif")
+        if os.path.exists(gif):
+            spin = iio.imread(gif, index=None)[..., :3]  # (N, S, S, 3) uint8
+            picks = spin[np.linspace(0, len(spin), frames, endpoint=False).astype(int)]
+        else:  # no surface (lift3d predict warned): the row says so instead of a turntable
+            picks = np.stack([no_surface_tile(size)] * frames)
+            spin = picks
         rgba = np.asarray(Image.open(image).convert("RGBA"), dtype=np.float32) / 255.0
         photo = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])  # straight alpha over white
         photo = (resize(photo, *spin.shape[1:3]).clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
@@ -237,6 +266,11 @@ def main(argv=None) -> int:
               flush=True)
         for line in score_table(records):
             print(f"[demo]   {line}", flush=True)
+        missing = [r["key"] for r in records if r.get("mesh_error")]
+        if missing:
+            print(f"[demo] no surface yet for {', '.join(missing)} after {args.train_steps} steps (the density field "
+                  f"is still fog): train longer, e.g. --train-steps {max(DEFAULT_STEPS, 2 * args.train_steps)}",
+                  flush=True)
         print(f"[demo] contact sheet (a row per object: input image | its mesh's turntable every "
               f"{360 // CONTACT_FRAMES}°) → {sheet}", flush=True)
     print(f"[demo] done{took(t0)}; shards in {shard_dir}, index {shard_dir}/index.json", flush=True)
