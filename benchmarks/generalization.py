@@ -1,6 +1,6 @@
 """Does a model trained with lift3d generalise to objects it has not seen? Held-out scores against two baselines.
 
-    python -m benchmarks.generalization [--train-objects 64 --held-out 8 --zoo 7 --steps 3600 --checkpoints 5]
+    python -m benchmarks.generalization [--train-objects 64 --held-out 8 --zoo 7 --steps 800 --checkpoints 4]
 
 1. **Training set**: ``--train-objects`` (K) procedural objects of ``--train-seed`` (``render_farm.procedural``,
    LRM-Zero's recipe) rendered by Blender with the ``lrm32`` rig (``--views`` views at ``--train-resolution``).
@@ -26,11 +26,13 @@ for the procedural and zoo parts) and ``generalization.png`` (held-out F-score@0
 as a line). Renders are kept and reused by a rerun with the same sizes (the farm resumes); training and evaluation
 run again.
 
-Time (the defaults, an idle 2-core machine: about 50 minutes, estimated per stage, not yet measured end to end):
-rendering 64 × 12 + 15 × 24 views at 64², 8 spp, ~4 min (4.4–5.7 views/s measured here with 2 workers on a loaded
-machine); training 3600 steps at ~0.6 s per step (BENCHMARKS.md, LRM overfitting run: 400 steps in ~4 min) ~36 min;
-6 evaluations of 15 objects at ~14 objects/min plus start-up (BENCHMARKS.md, evaluation throughput) ~8 min; the
-sphere ~1 min. ``generalization.json`` records each stage's wall and CPU seconds, so a run corrects the estimate.
+Time (the defaults; measured end to end 2026-12-05 beside a fresh-clone ``make test`` on a 2-core machine, load
+average 2.7–4.1, renders reused from an earlier run): training 800 steps 26.5 min (~2 s a step under that load;
+~0.6 s idle), 5 evaluations of 15 objects 10.6 min, the sphere 0.4 min: 37.7 min; rendering 64 × 12 + 15 × 24 views
+at 64², 8 spp adds ~1–4 min. Idle, about 20 minutes. 800 steps because the held-out F-score peaked at 200–400 steps
+in that run and fell by 800 (the tiny model fitting its 64 objects, or one run's noise: not told apart yet), so a
+longer run did not look like it would buy generalisation; a larger model or training set is the next lever.
+``generalization.json`` records each stage's wall and CPU seconds.
 """
 
 from __future__ import annotations
@@ -281,8 +283,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-objects", type=int, default=64, help="K: procedural training objects")
     p.add_argument("--held-out", type=int, default=8, help="M: procedural held-out objects (another seed)")
     p.add_argument("--zoo", type=int, default=7, help="held-out objects of the generated asset zoo (0-7)")
-    p.add_argument("--steps", type=int, default=3600, help="training steps (batch 2)")
-    p.add_argument("--checkpoints", type=int, default=5, help="evaluated checkpoints after step 0, evenly spaced")
+    p.add_argument("--steps", type=int, default=800, help="training steps (batch 2)")
+    p.add_argument("--checkpoints", type=int, default=4, help="evaluated checkpoints after step 0, evenly spaced")
     p.add_argument("--train-resolution", type=int, default=64, help="lrm32 render resolution of the training set")
     p.add_argument("--eval-resolution", type=int, default=64, help="eval24 render resolution of the held-out set")
     p.add_argument("--views", type=int, default=12, help="lrm32 views per training object")
