@@ -16,7 +16,7 @@
 
 It ends with the table of step 5 (Chamfer and F-score at 0.1 of each training object's mesh) and names the contact
 sheet. Every stage prints its duration; training prints a progress line every 5 % of its steps.
-The whole demo takes about 4½ minutes on an idle 2-core machine (4 min 20 s measured on 2026-12-05, all stages).
+The whole demo takes about 3½ minutes on an idle 2-core machine (3 min 23 s measured on 2026-12-05, all stages).
 """
 
 from __future__ import annotations

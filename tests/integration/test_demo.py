@@ -147,3 +147,30 @@ def test_demo_trains_the_tiny_lrm_and_exports_meshes(tmp_path, capsys):
     assert all(r["held_out_views"] == 23 and "psnr" in r for r in held_out)
     assert (tmp_path / "evaluation" / "report.html").exists()
     assert list((tmp_path / "evaluation").glob("wandb/offline-run-*")), "evaluation logged into another W&B run"
+
+
+# `make demo`'s closing table, measured (2026-12-05, 2-core CPU; identical to 3 decimals idle and loaded):
+# Chamfer / F-score@0.1 against the shards' rendered meshes. Bounds leave ~20 % room. The sphere's 0.121 still misses
+# the 0.097 issue 16 asks for (its mesh carries axis-aligned triplane ridges): this guards what the demo does today.
+DEMO_TABLE = {  # object: (measured Chamfer, Chamfer bound, measured F-score, F-score bound)
+    "multi_material": (0.061, 0.075, 0.825, 0.75),
+    "textured_box": (0.091, 0.11, 0.691, 0.6),
+    "vertex_coloured_sphere": (0.121, 0.145, 0.450, 0.38),
+}
+
+
+def test_make_demo_meshes_meet_the_measured_per_object_bounds(tmp_path, capsys):
+    """`make demo` as shipped (default resolution, samples and 400 training steps): every training object has a
+    surface, and its mesh's Chamfer and F-score@0.1 against the geometry Blender rendered hold the measured bounds."""
+    assert demo.main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "no surface yet" not in out
+    records = {r["key"]: r for r in map(json.loads, (tmp_path / "training_objects" / "metrics.jsonl").read_text()
+                                        .splitlines())}
+    assert sorted(records) == sorted(DEMO_TABLE)
+    for key, (_, chamfer_bound, _, fscore_bound) in DEMO_TABLE.items():
+        r = records[key]
+        assert r["gt"] == "shard_mesh" and "mesh_error" not in r, (key, r.get("mesh_error"))
+        assert r["chamfer"] <= chamfer_bound and r["fscore@0.1"] >= fscore_bound, (key, r["chamfer"], r["fscore@0.1"])
+    check_contact_sheet(tmp_path / "contact_sheet.png", sorted((tmp_path / "inputs").glob("*.png")),
+                        meshed=set(DEMO_TABLE))
