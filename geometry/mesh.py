@@ -126,22 +126,28 @@ def query_grid(fn: Callable[[torch.Tensor], torch.Tensor], resolution: int = 256
     return out.reshape(resolution, resolution, resolution)
 
 
+def _grid_array(grid, dtype) -> np.ndarray:
+    """A field sampled as :func:`query_grid` does (numpy array or torch tensor) as a 3-D numpy array of ``dtype``."""
+    if isinstance(grid, torch.Tensor):
+        grid = grid.detach().to("cpu", torch.float32).numpy()
+    grid = np.asarray(grid, dtype=dtype)
+    if grid.ndim != 3 or min(grid.shape) < 2:
+        raise ValueError(f"grid must be a 3-D array with at least 2 corners per axis, got shape {grid.shape}")
+    return grid
+
+
 def opacity_level(grid, bbox=(-1.0, 1.0)) -> float:
     """The density level where rays from outside a density grid turn half opaque: the automatic mesh level.
 
     Every grid line along each axis, in both directions, is a ray; its optical depth is the running sum of density ×
     corner spacing (the quadrature the renderers use). Where it first reaches ln 2 (transmittance 1/2: the rendered
-    surface) the ray's level is the mean density of the two corners around the crossing; the result is the median
-    over all rays that turn opaque. A sharp field gives half its interior density (the surface at the jump), a soft
-    one the density it has where it renders as a surface, so the extracted mesh sits where the images see it.
+    surface) the ray's level is the density there, interpolated linearly between the two corners around the crossing
+    (as marching cubes interpolates); the result is the median over all rays that turn opaque. A sharp field's mesh
+    lands at its jump, a soft one's where it renders as a surface, so the mesh sits where the images see it.
     Raises ``ValueError`` ("no surface") when no ray turns half opaque (an empty field), or when rays do so at a
     density not twice that of empty space (the grid's 10th percentile): fog, e.g. an untrained model's flat field.
     """
-    if isinstance(grid, torch.Tensor):
-        grid = grid.detach().to("cpu", torch.float32).numpy()
-    grid = np.asarray(grid, dtype=np.float64)
-    if grid.ndim != 3 or min(grid.shape) < 2:
-        raise ValueError(f"grid must be a 3-D array with at least 2 corners per axis, got shape {grid.shape}")
+    grid = _grid_array(grid, np.float64)
     lo, hi = (float(b) for b in bbox)
     sigma = np.clip(np.nan_to_num(grid, nan=0.0, posinf=0.0), 0.0, None)
     levels = []
@@ -151,10 +157,10 @@ def opacity_level(grid, bbox=(-1.0, 1.0)) -> float:
         for ray in (lines, lines[:, ::-1]):
             depth = np.cumsum(ray * step, axis=1)
             hit = depth[:, -1] >= np.log(2.0)
-            first = np.argmax(depth[hit] >= np.log(2.0), axis=1)
-            rows = ray[hit]
+            rows, depth = ray[hit], depth[hit]
+            first = np.argmax(depth >= np.log(2.0), axis=1)
             inner = first > 0  # a ray already opaque at the boundary says nothing about where the surface is
-            k, rows, before = first[inner], rows[inner], depth[hit][inner]
+            k, rows, before = first[inner], rows[inner], depth[inner]
             idx = np.arange(len(k))
             below, above = rows[idx, k - 1], rows[idx, k]
             f = (np.log(2.0) - before[idx, k - 1]) / (above * step)  # where in the step the depth reaches ln 2
@@ -194,11 +200,7 @@ def marching_cubes(grid, level: float, bbox=(-1.0, 1.0), inside: str = "above", 
     if inside not in ("above", "below"):
         raise ValueError(f"inside must be 'above' (field > level inside, e.g. density) or 'below' (field < level "
                          f"inside, e.g. an SDF), got {inside!r}")
-    if isinstance(grid, torch.Tensor):
-        grid = grid.detach().to("cpu", torch.float32).numpy()
-    grid = np.asarray(grid, dtype=np.float32)
-    if grid.ndim != 3 or min(grid.shape) < 2:
-        raise ValueError(f"grid must be a 3-D array with at least 2 corners per axis, got shape {grid.shape}")
+    grid = _grid_array(grid, np.float32)
     if not np.all(np.isfinite(grid)):
         raise ValueError(f"grid has {int(np.sum(~np.isfinite(grid)))} non-finite values; replace NaN/inf (e.g. "
                          f"torch.nan_to_num) before extracting a surface")

@@ -188,10 +188,9 @@ def contact_sheet(inputs: list[str], mesh_dir: str, path: str, frames: int = CON
             picks = spin[np.linspace(0, len(spin), frames, endpoint=False).astype(int)]
         else:  # no surface (lift3d predict warned): the row says so instead of a turntable
             picks = np.stack([no_surface_tile(size)] * frames)
-            spin = picks
         rgba = np.asarray(Image.open(image).convert("RGBA"), dtype=np.float32) / 255.0
         photo = rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])  # straight alpha over white
-        photo = (resize(photo, *spin.shape[1:3]).clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
+        photo = (resize(photo, *picks.shape[1:3]).clip(0.0, 1.0) * 255.0).round().astype(np.uint8)
         rows.append(np.concatenate([photo, *picks], axis=1))
     return write_image(path, np.concatenate(rows, axis=0))
 
