@@ -82,10 +82,15 @@ def job_field(cluster, job: str, field: str) -> str:
 
 
 def release_requeued(cluster, job: str, timeout: float = 120) -> None:
-    """Slurm holds a requeued job back for a while (EligibleTime ~2 min on): make it eligible now."""
+    """Slurm holds a requeued job back for a while (EligibleTime ~2 min on): make it eligible a few seconds from now.
+
+    Not ``StartTime=now``: requeueing revokes the job's credential, and slurmd keeps the revocation time in whole
+    seconds, so a restart within the same second as the requeue is killed as "Job credential revoked" and never comes
+    back (seen on CI: requeued at 20:34:28.263, restarted at 28.499, killed). The hold Slurm sets itself exists for
+    this; three seconds is past the revocation's second whatever the scheduler's tick."""
     wait_for(lambda: job_field(cluster, job, "Restarts") == "1" and job_field(cluster, job, "JobState") == "PENDING",
              f"job {job} to be requeued", cluster, timeout=timeout)
-    cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
+    cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now+3"])
 
 
 @pytest.fixture(scope="module")
