@@ -50,7 +50,7 @@ import lightning as L
 import numpy as np
 
 from configs import EXPERIMENT_DIR, MODEL_DIR, RENDER_DIR
-from lightning_modules.launch.demo import MASK_WEIGHT as DEMO_MASK_WEIGHT
+from lightning_modules.launch.demo import SUPERVISION as DEMO_SUPERVISION
 
 FSCORE = "fscore@0.1"
 
@@ -296,8 +296,9 @@ def main(argv=None) -> int:
     p.add_argument("--held-out-seed", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="training and evaluation seed")
     p.add_argument("--experiment", default=os.path.join(EXPERIMENT_DIR, "lrm_tiny.yaml"))
-    p.add_argument("--mask-weight", type=float, default=DEMO_MASK_WEIGHT,
-                   help="the mask loss weight (the demo's: the only loss that clears the initial fog in a short run)")
+    p.add_argument("--mask-weight", type=float, default=DEMO_SUPERVISION["mask_weight"],
+                   help="the mask loss weight (the demo's: the only loss that clears the initial fog in a short "
+                        "run; the measured run used it without the demo's depth and TV terms)")
     args = p.parse_args(argv)
     if not 0 <= args.zoo <= 7 or args.train_objects < 1 or args.steps < 1 or args.checkpoints < 1 \
             or args.held_out + args.zoo < 1:

@@ -4,7 +4,8 @@
    format-v1 shards (``OUT/shards``).
 2. Reads a training batch back through the ShardDataModule of ``configs/data/tiny.yaml`` and saves a preview
    (input | supervision views | depth) to ``OUT/preview.png``.
-3. Trains ``lrm_tiny`` on the shards with ``lift3d fit --config configs/experiments/lrm_tiny.yaml`` (a W&B offline
+3. Trains ``lrm_tiny`` on the shards with ``lift3d fit --config configs/experiments/lrm_tiny.yaml`` and the
+   demo's loss weights (:data:`SUPERVISION`: mask, depth and plane smoothness for a few hundred steps; a W&B offline
    run, checkpoints in ``OUT/lrm``).
 4. Turns each object's source view (as an RGBA PNG in ``OUT/inputs``) into a mesh and a turntable GIF with
    ``lift3d predict`` (``OUT/meshes/*.glb``, ``*.gif``).
@@ -16,7 +17,7 @@
 
 It ends with the table of step 5 (Chamfer and F-score at 0.1 of each training object's mesh) and names the contact
 sheet. Every stage prints its duration; training prints a progress line every 5 % of its steps.
-The whole demo takes about 3½ minutes on an idle 2-core machine (3 min 23 s measured on 2026-12-05, all stages).
+The whole demo takes about 3 minutes on an idle 2-core machine (2 min 52 s measured on 2026-12-05, all stages).
 """
 
 from __future__ import annotations
@@ -83,13 +84,14 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> tuple[str, list[s
     run_dir = os.path.abspath(os.path.join(out, "lrm"))
     config = os.path.join(EXPERIMENT_DIR, "lrm_tiny.yaml")
     common = [f"--data.init_args.train_shards={shard_dir}", f"--data.init_args.val_shards={shard_dir}"]
-    print(f"[demo] training lrm_tiny for {steps} steps: lift3d fit --config {os.path.relpath(config, ROOT)}",
-          flush=True)
+    supervision = [f"--model.init_args.{k}={v}" for k, v in SUPERVISION.items()]
+    print(f"[demo] training lrm_tiny for {steps} steps: lift3d fit --config {os.path.relpath(config, ROOT)} "
+          f"{' '.join(supervision)}", flush=True)
     ckpt = os.path.join(run_dir, "checkpoints", "last.ckpt")
     t = time.time()
     resume = [f"--ckpt_path={ckpt}"] if os.path.exists(ckpt) else []  # a second `make demo` continues the run
     lift3d(["fit", "--config", config, *common, *resume, f"--trainer.max_steps={steps}",
-            f"--model.init_args.mask_weight={MASK_WEIGHT}",
+            *supervision,
             f"--trainer.default_root_dir={run_dir}", f"--trainer.logger.init_args.save_dir={run_dir}",
             "--trainer.callbacks=" + json.dumps([
                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -118,11 +120,21 @@ def train_and_predict(shard_dir: str, out: str, steps: int) -> tuple[str, list[s
 
 
 DEFAULT_STEPS = 400  # lrm_tiny training steps of `make demo`
-# lrm_tiny's mask loss weight in the demo (the config's 0.1 is for long runs): the untrained field is a faint fog
-# through the whole volume, white fog on the white background costs the colour loss nothing, and in a few hundred
-# steps only the mask loss clears it (measured on the demo's shards: at 0.1 no object has a surface after 40 steps
-# and the fog thickens; at 1.0 all three have one at 80 and 100 steps)
-MASK_WEIGHT = 1.0
+# lrm_tiny's loss weights in the demo (the config's are for its tests' runs): what a few hundred steps on three objects
+# need for meshes that have the objects' shape. Measured on the demo's shards at 400 steps (Chamfer / F-score@0.1 of
+# the closing table; BENCHMARKS.md "The demo's meshes"):
+# - mask 1.0: the untrained field is a faint fog through the whole volume, white fog on the white background costs the
+#   colour loss nothing, and only the mask loss clears it (at 0.1 no object has a surface after 40 steps and the fog
+#   thickens; at 1.0 all three have one at 80 and 100 steps).
+# - depth 0.1 (L1 to the rendered depth, on the mask): from colour and mask alone the density stays soft: the renders
+#   are right (silhouette IoU 0.96) but rays terminate 0.16 behind the sphere's surface and the half-opacity surface
+#   lies inside it (mesh radius 0.84 of 1; sphere 0.121 / 0.450). Longer training does not fix it (800 steps: 0.107),
+#   finer planes make it worse (32² planes: 0.100, boxier); the depth every shard carries does (0.056 / 0.921).
+# - total variation 0.01 on the planes: lrm_tiny's 16² planes come out of a 2×2 stride-2 transposed convolution, whose
+#   period-2 texel pattern shows as axis-aligned ridges on every mesh; smoothing the planes removes most of them
+#   (sphere 0.034 / 0.990, box 0.057 / 0.883, two-part object 0.044 / 0.946).
+# The price is appearance: PSNR at the training cameras 2.8–3.7 dB lower on the sphere and the two-part object.
+SUPERVISION = {"mask_weight": 1.0, "depth_weight": 0.1, "tv_weight": 0.01}
 CONTACT_FRAMES = 6  # turntable frames per contact-sheet row: predict's 36 frames taken every 60°
 TABLE_METRICS = (("chamfer", "Chamfer"), ("fscore@0.1", "F-score@0.1"))
 

@@ -149,13 +149,13 @@ def test_demo_trains_the_tiny_lrm_and_exports_meshes(tmp_path, capsys):
     assert list((tmp_path / "evaluation").glob("wandb/offline-run-*")), "evaluation logged into another W&B run"
 
 
-# `make demo`'s closing table, measured (2026-12-05, 2-core CPU; identical to 3 decimals idle and loaded):
-# Chamfer / F-score@0.1 against the shards' rendered meshes. Bounds leave ~20 % room. The sphere's 0.121 still misses
-# the 0.097 issue 16 asks for (its mesh carries axis-aligned triplane ridges): this guards what the demo does today.
+# `make demo`'s closing table, measured (2026-12-05, 2-core CPU, the demo's mask, depth and TV weights; identical to 3
+# decimals in two runs): Chamfer / F-score@0.1 against the shards' rendered meshes. Bounds leave ~25 % room; the
+# sphere's bound is also under the 0.097 issue 16 asks for (the overfitting test's sphere before the framing change).
 DEMO_TABLE = {  # object: (measured Chamfer, Chamfer bound, measured F-score, F-score bound)
-    "multi_material": (0.061, 0.075, 0.825, 0.75),
-    "textured_box": (0.091, 0.11, 0.691, 0.6),
-    "vertex_coloured_sphere": (0.121, 0.145, 0.450, 0.38),
+    "multi_material": (0.044, 0.055, 0.946, 0.88),
+    "textured_box": (0.057, 0.072, 0.883, 0.8),
+    "vertex_coloured_sphere": (0.034, 0.045, 0.990, 0.93),
 }
 
 
