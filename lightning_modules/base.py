@@ -153,15 +153,7 @@ class ReconstructionModule(L.LightningModule):
         if gradient_clip_algorithm in (None, "norm"):
             # clip_grad_norm_ scales by min(1, clip / norm) always (no host sync on a GPU); on a CPU a norm under the
             # limit skips the scaling by exactly 1
-            if norm.device.type == "cpu" and norm + 1e-6 <= gradient_clip_val:
-                return
-            opt = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps torch's
-            if self._fused_adam(opt) and getattr(self.trainer.precision_plugin, "scaler", None) is None:
-                # the fused step divides each gradient by ``grad_scale`` as it reads it (the contract torch's
-                # GradScaler uses): the same clipping without a pass of its own over the gradients (when it acts:
-                # 0.27 → 0.23 s of norm + clip + step over 243 M gradients on 2 CPU threads); optimizer_step removes it
-                opt.grad_scale = ((norm + 1e-6) / gradient_clip_val).clamp(min=1.0).float()
-            else:
+            if norm.device.type != "cpu" or norm + 1e-6 > gradient_clip_val:
                 torch.nn.utils.clip_grads_with_norm_(
                     [p for group in optimizer.param_groups for p in group["params"]], gradient_clip_val, norm)
         else:
@@ -204,7 +196,7 @@ class ReconstructionModule(L.LightningModule):
         if grad_norm is not None and getattr(self.trainer.precision_plugin, "scaler", None) is None:
             bad |= ~torch.isfinite(grad_norm).to(bad.device)
         opt = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps torch's
-        if self._fused_adam(opt):
+        if self._drops_in_optimizer(opt):
             self._drop_in_optimizer(opt, bad)
             every = self.nonfinite_check_every or (1 if self.device.type == "cpu" else
                                                    max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1)))
@@ -234,10 +226,8 @@ class ReconstructionModule(L.LightningModule):
                 p.grad = None
         return True
 
-    def _fused_adam(self, opt) -> bool:
-        """Whether ``opt`` is torch's fused Adam or AdamW (outside DeepSpeed), whose step reads ``found_inf`` (drops
-        the step: :meth:`skip_nonfinite_step`) and ``grad_scale`` (divides the gradients: the clipping of
-        :meth:`configure_gradient_clipping`) from the optimiser, as fp16's gradient scaler hands them over."""
+    def _drops_in_optimizer(self, opt) -> bool:
+        """Whether ``opt`` drops a step itself when given ``found_inf`` (torch's fused Adam and AdamW read it)."""
         return (isinstance(opt, torch.optim.Adam) and bool(opt.defaults.get("fused"))
                 and not isinstance(self.trainer.precision_plugin, DeepSpeedPrecision))
 
@@ -308,9 +298,8 @@ class ReconstructionModule(L.LightningModule):
     def optimizer_step(self, epoch, batch_idx, optimizer, *args, **kwargs) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, *args, **kwargs)  # the closure: backward, clipping
         opt = getattr(optimizer, "_optimizer", optimizer)
-        for name in ("found_inf", "grad_scale"):  # this step's drop flag and clipping, read by the step just taken
-            if hasattr(opt, name):
-                delattr(opt, name)
+        if hasattr(opt, "found_inf"):  # this step's drop flag (skip_nonfinite_step), read by the step just taken
+            del opt.found_inf
         # the device-side count where the optimiser drops steps itself (no host sync), else the host's
         skipped = self._nonfinite[1] if self._nonfinite is not None else float(self._skipped_steps)
         self.log("train/skipped_steps", skipped, batch_size=1)
