@@ -127,7 +127,7 @@ DEFAULT_STEPS = 400  # lrm_tiny training steps of `make demo`
 #   colour loss nothing, and only the mask loss clears it (at 0.1 no object has a surface after 40 steps and the fog
 #   thickens; at 1.0 all three have one at 80 and 100 steps).
 # - depth 0.1 (L1 to the rendered depth, on the mask): from colour and mask alone the density stays soft: the renders
-#   are right (silhouette IoU 0.96) but rays terminate 0.16 behind the sphere's surface and the half-opacity surface
+#   are right (silhouette IoU 0.96) but rays terminate 0.17 behind the sphere's surface and the half-opacity surface
 #   lies inside it (mesh radius 0.84 of 1; sphere 0.121 / 0.450). Longer training does not fix it (800 steps: 0.107),
 #   finer planes make it worse (32² planes: 0.100, boxier); the depth every shard carries does (0.056 / 0.921).
 # - total variation 0.01 on the planes: lrm_tiny's 16² planes come out of a 2×2 stride-2 transposed convolution, whose
