@@ -27,21 +27,33 @@ optimiser ``configure_optimizers`` returns. One OpenLRM step is its runner's (``
 settings: PyTorch's default implementation) → ``zero_grad``; ``torch.compile`` off, as OpenLRM's training configs set
 (``compile.disable: true``), and the same for lift3d (eager).
 
-Steps are timed interleaved in one process (the order alternates each round) after ``--warmup`` steps of each, and
+Steps are timed interleaved in one process (the order alternates each round) after ``--warmup`` steps of each and the
+memory rounds, and
 each round gives a ratio (OpenLRM step time ÷ lift3d step time = lift3d samples/s ÷ OpenLRM samples/s); the median
 is ``speedup``, the extremes its spread. Stages come from hooks on the networks' boundaries (perf_counter on a CPU,
 CUDA events on a GPU): encoder (forward + backward), transformer (camera embedding, blocks, upsampling; forward +
 backward), render forward, render backward (with lift3d's deferred re-render when it defers), losses (forward +
 backward down to the rendered images), clipping + optimiser (grad-norm logging, clipping, AdamW, scheduler).
 
-Peak memory of a model = its persistent training state (parameters, buffers, optimiser state) + the largest rise
-above the step's starting memory during any timed step. On a GPU the rise is ``max_memory_allocated`` after
+Peak memory is measured first, in untimed rounds after the warm-up (``--memory-rounds``, interleaved the same way): a
+model's peak = its persistent training state (parameters, buffers, optimiser state) + the largest rise above the
+step's starting memory in those rounds. On a GPU the rise is ``max_memory_allocated`` after
 ``reset_peak_memory_stats``. On a CPU it is the process's resident high-water mark (``VmHWM``, reset before each step
-through ``/proc/self/clear_refs``) minus the resident size at the step's start; glibc's ``mmap`` threshold is pinned
-at 128 KiB (``mallopt``) so every tensor buffer is mapped on allocation and unmapped on release and the resident size
-follows the live tensors (its dynamic threshold would otherwise keep freed buffers of one model resident for the
-other's step). tracemalloc does not see PyTorch's allocations, and a process-wide ``ru_maxrss`` cannot separate two
-models in one process.
+through ``/proc/self/clear_refs``) minus the resident size at the step's start, with glibc's ``mmap`` threshold
+pinned at 128 KiB (``mallopt``) from the start until the memory rounds end, so every tensor buffer is mapped on
+allocation and unmapped on release and the resident size follows the live tensors (the dynamic threshold would keep
+freed buffers of one model resident for the other's step, and a heap that timed steps had filled would hide rises).
+
+The timed rounds come after, with the thresholds where glibc's dynamic ones settle in a training process (mmap 32
+MiB, trim 64 MiB: freed buffers are reused) and one more step of each on that heap. The pin is not for timing: with
+every buffer a fresh mapping, page faults took 20 % of lift3d's and 30 % of OpenLRM's CPU time per step (2.1 s and
+3.1–3.8 s of system time, 1.25 M and 1.9 M faults; 0.1–0.3 s without it), a cost a training process does not pay
+and one that fell harder on OpenLRM's per-tensor AdamW temporaries (BENCHMARKS.md, peer section). tracemalloc does
+not see PyTorch's allocations, and a process-wide ``ru_maxrss`` cannot separate two models in one process.
+
+Precision ``auto`` is the config's trainer precision where the device runs it natively (bf16-mixed on a GPU with
+bf16, or on a CPU with AVX-512 BF16 or AMX, under ``torch.autocast`` as Lightning's plugin does), fp32 otherwise;
+``--precision 32`` / ``bf16`` force one. Both models run under the same autocast.
 
 The machine's load average is recorded before and after: on a shared machine the interleaved ratio is the figure
 to compare, not the absolute samples/s. On a loaded machine ``--threads 1 --clock cpu`` times the stages in the
@@ -115,13 +127,32 @@ def openlrm_checkout(arg: Optional[str]) -> Optional[str]:
 
 
 # --- memory -----------------------------------------------------------------------------------------------------------
+def _mallopt(param: int, value: int) -> bool:
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(param, value))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def pin_malloc_threshold() -> bool:
     """glibc: map every allocation above 128 KiB on its own and unmap it on release (see the module docstring)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 128 * 1024))  # M_MMAP_THRESHOLD; a fixed value turns the dynamic one off
-    except OSError:
-        return False
+    return _mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD; a fixed value turns the dynamic one off
+
+
+def release_malloc_threshold() -> None:
+    """Undo :func:`pin_malloc_threshold` for an in-process caller: the ceiling glibc's dynamic thresholds climb to
+    (mmap 32 MiB, trim twice that), so freed buffers are reused again."""
+    _mallopt(-3, 32 * 2 ** 20)  # M_MMAP_THRESHOLD
+    _mallopt(-1, 64 * 2 ** 20)  # M_TRIM_THRESHOLD
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 matrix multiplies natively: a GPU with bf16, a CPU with AVX-512 BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def _status_kib(field: str) -> int:
@@ -506,7 +537,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--views", type=int, default=0, help="supervision views (0: 2 on a CPU, the config's on a GPU)")
     p.add_argument("--crop", type=int, default=0, help="render crop (0: 32 on a CPU, the config's on a GPU)")
     p.add_argument("--precision", default="auto", choices=["auto", "32", "bf16"],
-                   help="auto: the config's trainer precision on a GPU, 32 on a CPU")
+                   help="auto: the config's trainer precision where the device runs it natively, else 32")
+    p.add_argument("--memory-rounds", type=int, default=2,
+                   help="untimed rounds before the timed ones that measure peak memory (see the module docstring)")
     p.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="CPU only: wall (perf_counter, the figures to report) or cpu (the process's CPU time: on a "
@@ -527,6 +560,7 @@ def main(argv=None) -> dict:
     finally:
         torch.set_num_threads(threads)  # called in-process (the smoke test), leave the caller's setting
         Marks.clock = time.perf_counter
+        release_malloc_threshold()
 
 
 def run(args: argparse.Namespace, argv) -> dict:
@@ -538,7 +572,6 @@ def run(args: argparse.Namespace, argv) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     Marks.clock = time.process_time if args.clock == "cpu" and device.type == "cpu" else time.perf_counter
-    pinned = pin_malloc_threshold() if device.type == "cpu" else False
     warnings.filterwarnings("ignore", message=".*self.log.*")
     warnings.filterwarnings("ignore", message=".*barebones.*")
     model_cfg, data_cfg, trainer_cfg = load_experiment(args.config)
@@ -549,7 +582,7 @@ def run(args: argparse.Namespace, argv) -> dict:
                          if gpu else 32)
     target_size = max(int(data_cfg.get("target_size", crop) or crop), crop)
     precision = args.precision if args.precision != "auto" else (
-        "bf16" if gpu and "bf16" in str(trainer_cfg.get("precision", "32")) else "32")
+        "bf16" if "bf16" in str(trainer_cfg.get("precision", "32")) and native_bf16(device) else "32")
     clip = float(trainer_cfg.get("gradient_clip_val") or 0.0)
     load_before = os.getloadavg()
 
@@ -570,29 +603,41 @@ def run(args: argparse.Namespace, argv) -> dict:
         for note in getattr(side, "notes", []) + getattr(side, "provided", []):
             print(f"  {note}")
 
+    order = lambda r: sides if r % 2 == 0 else sides[::-1]  # noqa: E731
+    # memory first, on a heap no timed step has used yet (see the module docstring)
+    pinned = pin_malloc_threshold() if device.type == "cpu" else False
     for side in sides:
         for _ in range(args.warmup):
             side.step(batches[side.name])
     peak = PeakMemory(device)
-    times: dict[str, list[dict[str, float]]] = {s.name: [] for s in sides}
     rises = {s.name: 0 for s in sides}
-    for r in range(args.rounds):
-        for side in (sides if r % 2 == 0 else sides[::-1]):
+    for r in range(args.memory_rounds):
+        for side in order(r):
             peak.start()
-            times[side.name].append(side.step(batches[side.name]))
+            side.step(batches[side.name])
             rises[side.name] = max(rises[side.name], peak.stop())
+    if pinned:  # timing with the allocator as a training process has it, after a step of each on it
+        release_malloc_threshold()
+        for side in sides:
+            side.step(batches[side.name])
+    times: dict[str, list[dict[str, float]]] = {s.name: [] for s in sides}
+    for r in range(args.rounds):
+        for side in order(r):
+            times[side.name].append(side.step(batches[side.name]))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-1]['step']:.3f} s" for n, t in times.items()),
               flush=True)
     load_after = os.getloadavg()
 
     result = {"config": args.config, "device": device_name(device), "torch": torch.__version__,
               "batch": batch, "views": views, "crop": crop, "precision": precision, "rounds": args.rounds,
-              "warmup": args.warmup, "load_before": list(load_before), "load_after": list(load_after),
+              "warmup": args.warmup, "memory_rounds": args.memory_rounds,
+              "load_before": list(load_before), "load_after": list(load_after),
               "clock": "cuda events" if gpu else ("process CPU time" if args.clock == "cpu" else "wall"),
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "python benchmarks/peer_openlrm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "memory_method": ("cuda max_memory_allocated" if gpu else
-                                "VmHWM rise (clear_refs), mmap threshold pinned" if pinned else "VmHWM rise")}
+                                "VmHWM rise (clear_refs), mmap threshold pinned in the memory rounds" if pinned
+                                else "VmHWM rise")}
     for side in sides:
         med = summarise(times[side.name])
         result[f"params_{side.name}"] = side.params

@@ -16,7 +16,7 @@ TINY = os.path.join(EXPERIMENT_DIR, "lrm_tiny.yaml")
 def test_lift3d_half_runs_a_training_step_of_the_tiny_config(tmp_path):
     out = tmp_path / "peer.json"
     result = peer_openlrm.main(["--lift3d-only", "--config", TINY, "--rounds", "1", "--warmup", "1",
-                                "--threads", "1", "--device", "cpu", "--json", str(out)])
+                                "--memory-rounds", "1", "--threads", "1", "--device", "cpu", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved["params_lift3d"] == result["params_lift3d"] > 0
     assert "speedup" not in saved  # no peer, no ratio
@@ -27,6 +27,7 @@ def test_lift3d_half_runs_a_training_step_of_the_tiny_config(tmp_path):
     assert sum(stages[k] for k in peer_openlrm.STAGES) == pytest.approx(stages["step"], rel=1e-6)
     assert saved["peak_mem_lift3d"] > 0
     assert saved["batch"] == 1 and saved["views"] == 2 and saved["crop"] == 32
+    assert saved["precision"] == "32" and saved["memory_rounds"] == 1  # lrm_tiny trains at 32-true
 
 
 def test_without_a_checkout_it_says_how_to_get_one(monkeypatch, capsys):
