@@ -28,12 +28,12 @@ settings: PyTorch's default implementation) → ``zero_grad``; ``torch.compile``
 (``compile.disable: true``), and the same for lift3d (eager).
 
 Steps are timed interleaved in one process (the order alternates each round) after ``--warmup`` steps of each and the
-memory rounds, and
-each round gives a ratio (OpenLRM step time ÷ lift3d step time = lift3d samples/s ÷ OpenLRM samples/s); the median
-is ``speedup``, the extremes its spread. Stages come from hooks on the networks' boundaries (perf_counter on a CPU,
-CUDA events on a GPU): encoder (forward + backward), transformer (camera embedding, blocks, upsampling; forward +
-backward), render forward, render backward (with lift3d's deferred re-render when it defers), losses (forward +
-backward down to the rendered images), clipping + optimiser (grad-norm logging, clipping, AdamW, scheduler).
+memory rounds, and each round gives a ratio (OpenLRM step time ÷ lift3d step time = lift3d samples/s ÷ OpenLRM
+samples/s); the median is ``speedup``, the extremes its spread. Stages come from hooks on the networks' boundaries
+(perf_counter on a CPU, CUDA events on a GPU): encoder (forward + backward), transformer (camera embedding, blocks,
+upsampling; forward + backward), render forward, render backward (with lift3d's deferred re-render when it defers),
+losses (forward + backward down to the rendered images), clipping + optimiser (grad-norm logging, clipping, AdamW,
+scheduler).
 
 Peak memory is measured first, in untimed rounds after the warm-up (``--memory-rounds``, interleaved the same way): a
 model's peak = its persistent training state (parameters, buffers, optimiser state) + the largest rise above the
@@ -46,7 +46,7 @@ freed buffers of one model resident for the other's step, and a heap that timed 
 
 The timed rounds come after, with the thresholds where glibc's dynamic ones settle in a training process (mmap 32
 MiB, trim 64 MiB: freed buffers are reused) and one more step of each on that heap. The pin is not for timing: with
-every buffer a fresh mapping, page faults took 20 % of lift3d's and 30 % of OpenLRM's CPU time per step (2.1 s and
+every buffer a fresh mapping, page faults took 21 % of lift3d's and 27 % of OpenLRM's CPU time per step (2.1 s and
 3.1–3.8 s of system time, 1.25 M and 1.9 M faults; 0.1–0.3 s without it), a cost a training process does not pay
 and one that fell harder on OpenLRM's per-tensor AdamW temporaries (BENCHMARKS.md, peer section). tracemalloc does
 not see PyTorch's allocations, and a process-wide ``ru_maxrss`` cannot separate two models in one process.
@@ -546,7 +546,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "shared, loaded machine with --threads 1 it counts the work done, not the time spent waiting "
                         "for a core)")
     p.add_argument("--json", default=None, help="write the figures here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("rounds", "memory_rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: give at least 1 (the figures are medians and "
+                    f"maxima over these rounds)")
+    return args
 
 
 def summarise(times: list[dict]) -> dict[str, float]:
@@ -603,7 +608,9 @@ def run(args: argparse.Namespace, argv) -> dict:
         for note in getattr(side, "notes", []) + getattr(side, "provided", []):
             print(f"  {note}")
 
-    order = lambda r: sides if r % 2 == 0 else sides[::-1]  # noqa: E731
+    def order(r: int) -> list:  # the order alternates each round
+        return sides if r % 2 == 0 else sides[::-1]
+
     # memory first, on a heap no timed step has used yet (see the module docstring)
     pinned = pin_malloc_threshold() if device.type == "cpu" else False
     for side in sides:

@@ -44,3 +44,11 @@ def test_a_directory_that_is_not_openlrm_is_named(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=str(tmp_path)) as exc:
         peer_openlrm.main(["--config", TINY])
     assert "modeling_lrm.py" in str(exc.value)
+
+
+@pytest.mark.parametrize("option", ["--rounds", "--memory-rounds"])
+def test_zero_rounds_is_refused_before_any_model_is_built(option, capsys):
+    with pytest.raises(SystemExit) as exc:
+        peer_openlrm.main(["--lift3d-only", "--config", TINY, option, "0"])
+    assert exc.value.code == 2
+    assert f"{option} 0: give at least 1" in capsys.readouterr().err
