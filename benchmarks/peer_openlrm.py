@@ -44,12 +44,14 @@ pinned at 128 KiB (``mallopt``) from the start until the memory rounds end, so e
 allocation and unmapped on release and the resident size follows the live tensors (the dynamic threshold would keep
 freed buffers of one model resident for the other's step, and a heap that timed steps had filled would hide rises).
 
-The timed rounds come after, with the thresholds where glibc's dynamic ones settle in a training process (mmap 32
-MiB, trim 64 MiB: freed buffers are reused) and one more step of each on that heap. The pin is not for timing: with
-every buffer a fresh mapping, page faults took 21 % of lift3d's and 27 % of OpenLRM's CPU time per step (2.1 s and
-3.1–3.8 s of system time, 1.25 M and 1.9 M faults; 0.1–0.3 s without it), a cost a training process does not pay
-and one that fell harder on OpenLRM's per-tensor AdamW temporaries (BENCHMARKS.md, peer section). tracemalloc does
-not see PyTorch's allocations, and a process-wide ``ru_maxrss`` cannot separate two models in one process.
+The timed rounds come after, with the thresholds where glibc's dynamic ones settle in a training process (mmap 32 MiB,
+trim 64 MiB: freed buffers are reused) and one more step of each on that heap. The pin is not for timing: with every
+buffer a fresh mapping, page faults took 21 % of lift3d's and 27 % of OpenLRM's CPU time per step (2.1 s and 3.1–3.8 s
+of system time, 1.25 M and 1.9 M faults; 0.1–0.3 s without it), a cost a training process does not pay and one that fell
+harder on OpenLRM's per-tensor AdamW temporaries (BENCHMARKS.md, peer section; ``--time-pinned`` times that way, for
+comparison). Each side's median system time and minor page faults per timed step are reported with the stages.
+tracemalloc does not see PyTorch's allocations, and a process-wide ``ru_maxrss`` cannot separate two models in one
+process.
 
 Precision ``auto`` is the config's trainer precision where the device runs it natively (bf16-mixed on a GPU with
 bf16, or on a CPU with AVX-512 BF16 or AMX, under ``torch.autocast`` as Lightning's plugin does), fp32 otherwise;
@@ -72,6 +74,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import sys
 import time
 import types
@@ -540,6 +543,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="auto: the config's trainer precision where the device runs it natively, else 32")
     p.add_argument("--memory-rounds", type=int, default=2,
                    help="untimed rounds before the timed ones that measure peak memory (see the module docstring)")
+    p.add_argument("--time-pinned", action="store_true",
+                   help="CPU: keep the memory rounds' pinned mmap threshold for the timed rounds too (how the figures "
+                        "before 2026-12-05 23:30 were timed; it overstates page faults, see the module docstring)")
     p.add_argument("--threads", type=int, default=2, help="torch threads on a CPU")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="CPU only: wall (perf_counter, the figures to report) or cpu (the process's CPU time: on a "
@@ -623,21 +629,26 @@ def run(args: argparse.Namespace, argv) -> dict:
             peak.start()
             side.step(batches[side.name])
             rises[side.name] = max(rises[side.name], peak.stop())
-    if pinned:  # timing with the allocator as a training process has it, after a step of each on it
+    # timing with the allocator as a training process has it, after a step of each on it
+    if pinned and not args.time_pinned:
         release_malloc_threshold()
         for side in sides:
             side.step(batches[side.name])
     times: dict[str, list[dict[str, float]]] = {s.name: [] for s in sides}
+    kernel: dict[str, list[tuple[float, int]]] = {s.name: [] for s in sides}  # (system time s, minor page faults)
     for r in range(args.rounds):
         for side in order(r):
+            before = resource.getrusage(resource.RUSAGE_SELF)
             times[side.name].append(side.step(batches[side.name]))
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            kernel[side.name].append((after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-1]['step']:.3f} s" for n, t in times.items()),
               flush=True)
     load_after = os.getloadavg()
 
     result = {"config": args.config, "device": device_name(device), "torch": torch.__version__,
               "batch": batch, "views": views, "crop": crop, "precision": precision, "rounds": args.rounds,
-              "warmup": args.warmup, "memory_rounds": args.memory_rounds,
+              "warmup": args.warmup, "memory_rounds": args.memory_rounds, "time_pinned": args.time_pinned,
               "load_before": list(load_before), "load_after": list(load_after),
               "clock": "cuda events" if gpu else ("process CPU time" if args.clock == "cpu" else "wall"),
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -653,6 +664,8 @@ def run(args: argparse.Namespace, argv) -> dict:
         result[f"stages_{side.name}"] = med
         result[f"step_s_{side.name}"] = [t["step"] for t in times[side.name]]
         result[f"optimizer_{side.name}"] = side.optimizer_path()
+        result[f"system_s_{side.name}"] = float(np.median([k[0] for k in kernel[side.name]]))
+        result[f"minor_faults_{side.name}"] = int(np.median([k[1] for k in kernel[side.name]]))
     if openlrm is not None:  # set exactly when a checkout was given
         ratios = [o["step"] / li["step"] for li, o in zip(times["lift3d"], times["openlrm"])]
         result.update(speedup=float(np.median(ratios)), speedup_min=min(ratios), speedup_max=max(ratios),
@@ -682,6 +695,10 @@ def report(r: dict, names: list[str]) -> None:
     print("| parameters M | " + " | ".join(f"{r[f'params_{n}'] / 1e6:.2f}" for n in names)
           + (" | |" if len(names) > 1 else " |"))
     print("| AdamW | " + " | ".join(r[f"optimizer_{n}"] for n in names) + (" | |" if len(names) > 1 else " |"))
+    print("| system time s (median) | " + " | ".join(f"{r[f'system_s_{n}']:.3f}" for n in names)
+          + (" | |" if len(names) > 1 else " |"))
+    print("| minor page faults (median) | " + " | ".join(f"{r[f'minor_faults_{n}']}" for n in names)
+          + (" | |" if len(names) > 1 else " |"))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def test_lift3d_half_runs_a_training_step_of_the_tiny_config(tmp_path):
     assert saved["peak_mem_lift3d"] > 0
     assert saved["batch"] == 1 and saved["views"] == 2 and saved["crop"] == 32
     assert saved["precision"] == "32" and saved["memory_rounds"] == 1  # lrm_tiny trains at 32-true
+    assert saved["system_s_lift3d"] >= 0 and saved["minor_faults_lift3d"] >= 0 and saved["time_pinned"] is False
 
 
 def test_without_a_checkout_it_says_how_to_get_one(monkeypatch, capsys):
