@@ -37,6 +37,20 @@ MESH_FORMATS = ("glb", "obj", "ply")
 log = logging.getLogger(__name__)
 
 
+def total_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The total 2-norm of ``grads``, as ``torch.nn.utils.get_total_norm`` gives it (a NaN/inf gradient gives NaN/inf).
+
+    On a CPU, fp32/fp64 gradients' squares are summed by BLAS dot products, one a tensor, totalled in fp64: one pass at
+    memory speed, where torch's norm kernel took 1.8× as long over lrm_small's gradients (≈ 30–40 ms a step on 2
+    threads; BENCHMARKS.md, peer section), and closer to the fp64 norm (a 2.4 M-element tensor: 7e-7 relative against
+    the kernel's 4e-5). Elsewhere (a GPU's fused multi-tensor norm; bf16/fp16 gradients) it is torch's."""
+    if grads and all(g.device.type == "cpu" and g.dtype in (torch.float32, torch.float64) and g.layout == torch.strided
+                     for g in grads):
+        squares = torch.stack([torch.dot(g.reshape(-1), g.reshape(-1)).double() for g in grads])
+        return squares.sum().sqrt().to(grads[0].dtype)
+    return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+
+
 class NonFiniteTrainingError(RuntimeError):
     """Training stopped: ``max_nonfinite_steps`` optimiser steps in a row had a NaN/inf loss or gradient norm."""
 
@@ -146,7 +160,7 @@ class ReconstructionModule(L.LightningModule):
         if not grads or isinstance(self.trainer.precision_plugin, DeepSpeedPrecision):
             self.skip_nonfinite_step(optimizer, None)  # the loss only: DeepSpeed's gradients are its own
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        norm = total_grad_norm(grads)
         self.log("train/grad_norm", norm, batch_size=1)
         if self.skip_nonfinite_step(optimizer, norm) or not gradient_clip_val:
             return

@@ -8,7 +8,8 @@ import pytest
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from lightning_modules.base import ReconstructionModule
+import lightning_modules.base
+from lightning_modules.base import ReconstructionModule, total_grad_norm
 
 
 class Steep(ReconstructionModule):
@@ -65,16 +66,15 @@ def test_the_logged_norm_is_the_one_clipping_uses_and_clipping_is_lightnings(tmp
     ours, lightnings = Steep(clip_here=True), Steep(clip_here=False)
     lightnings.load_state_dict(copy.deepcopy(ours.state_dict()))
     calls = {"n": 0}
-    total_norm = torch.nn.utils.get_total_norm
 
     def counting(*args, **kwargs):
         calls["n"] += 1
-        return total_norm(*args, **kwargs)
+        return total_grad_norm(*args, **kwargs)
 
-    monkeypatch.setattr(torch.nn.utils, "get_total_norm", counting)
+    monkeypatch.setattr(lightning_modules.base, "total_grad_norm", counting)
     logged = _fit(ours, tmp_path)
     assert calls["n"] == 4  # one norm a step
-    monkeypatch.setattr(torch.nn.utils, "get_total_norm", total_norm)
+    monkeypatch.setattr(lightning_modules.base, "total_grad_norm", total_grad_norm)
     _fit(lightnings, tmp_path)
     assert min(lightnings.norms) > 1.0  # the clipping acted every step
     assert logged == pytest.approx(lightnings.norms, rel=1e-6)
@@ -99,3 +99,21 @@ def test_adam_implementation_is_fused_except_under_fp16_scaling():
     scaled = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
     module.trainer = L.Trainer(accelerator="cpu", plugins=[scaled], logger=False, barebones=True)
     assert module.adam_implementation() == {"foreach": True}
+
+
+def test_total_grad_norm_is_the_2_norm_at_least_as_close_to_fp64_as_torchs_and_keeps_nan_and_inf():
+    torch.manual_seed(0)
+    grads = [torch.randn(3072, 768) * 10, torch.randn(768), torch.randn(16, 4).t()]  # a transposed (strided) one too
+    exact = float(torch.nn.utils.get_total_norm([g.double() for g in grads]))
+    ours, torchs = float(total_grad_norm(grads)), float(torch.nn.utils.get_total_norm(grads))
+    assert abs(ours - exact) <= max(abs(torchs - exact), 1e-6 * exact)
+    assert total_grad_norm(grads).dtype == torch.float32
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = [g.clone() for g in grads]
+        broken[1][5] = bad
+        expected = torch.nn.utils.get_total_norm(broken)
+        got = total_grad_norm(broken)
+        assert torch.isnan(got) == torch.isnan(expected) and torch.isinf(got) == torch.isinf(expected)
+    half = [g.bfloat16() for g in grads]  # other dtypes: torch's own
+    assert torch.equal(total_grad_norm(half), torch.nn.utils.get_total_norm(half))
+    assert float(total_grad_norm([torch.zeros(3)])) == 0.0
