@@ -27,15 +27,18 @@ optimiser ``configure_optimizers`` returns. One OpenLRM step is its runner's (``
 settings: PyTorch's default implementation) → ``zero_grad``; ``torch.compile`` off, as OpenLRM's training configs set
 (``compile.disable: true``), and the same for lift3d (eager).
 
-Steps are timed interleaved in one process (the order alternates each round) after ``--warmup`` steps of each and the
-memory rounds, and each round gives a ratio (OpenLRM step time ÷ lift3d step time = lift3d samples/s ÷ OpenLRM
-samples/s); the median is ``speedup``, the extremes its spread. Stages come from hooks on the networks' boundaries
-(perf_counter on a CPU, CUDA events on a GPU): encoder (forward + backward), transformer (camera embedding, blocks,
-upsampling; forward + backward), render forward, render backward (with lift3d's deferred re-render when it defers),
-losses (forward + backward down to the rendered images), clipping + optimiser (grad-norm logging, clipping, AdamW,
-scheduler).
+Steps are timed interleaved in one process after ``--warmup`` steps of each and the memory rounds. A timed round is
+an A B B A block (lift3d, OpenLRM, OpenLRM, lift3d; the next round B A A B) and gives one ratio, OpenLRM's two step
+times ÷ lift3d's two (= lift3d samples/s ÷ OpenLRM samples/s): a change of the machine's speed that is linear over
+the block cancels, where a single pair of steps carries it whole (on a shared 2-core VM the same bf16 matmul took
+2.1 ms and 4.7 ms minutes apart; BENCHMARKS.md, peer section). The median of the rounds' ratios is ``speedup``, the
+extremes its spread; a side's samples/s and stages are medians over all its timed steps. Stages come from hooks on
+the networks' boundaries (perf_counter on a CPU, CUDA events on a GPU): encoder (forward + backward), transformer
+(camera embedding, blocks, upsampling; forward + backward), render forward, render backward (with lift3d's deferred
+re-render when it defers), losses (forward + backward down to the rendered images), clipping + optimiser (grad-norm
+logging, clipping, AdamW, scheduler).
 
-Peak memory is measured first, in untimed rounds after the warm-up (``--memory-rounds``, interleaved the same way): a
+Peak memory is measured first, in untimed rounds after the warm-up (``--memory-rounds``, a step of each a round): a
 model's peak = its persistent training state (parameters, buffers, optimiser state) + the largest rise above the
 step's starting memory in those rounds. On a GPU the rise is ``max_memory_allocated`` after
 ``reset_peak_memory_stats``. On a CPU it is the process's resident high-water mark (``VmHWM``, reset before each step
@@ -534,7 +537,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lift3d-only", action="store_true", help="time lift3d's half alone (no OpenLRM checkout)")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="LRM experiment config both models are built from")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=10,
+                   help="timed rounds, each two steps of each model in A B B A order (see the module docstring)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, default=0, help="samples per step (0: 1 on a CPU, the config's on a GPU)")
     p.add_argument("--views", type=int, default=0, help="supervision views (0: 2 on a CPU, the config's on a GPU)")
@@ -637,12 +641,13 @@ def run(args: argparse.Namespace, argv) -> dict:
     times: dict[str, list[dict[str, float]]] = {s.name: [] for s in sides}
     kernel: dict[str, list[tuple[float, int]]] = {s.name: [] for s in sides}  # (system time s, minor page faults)
     for r in range(args.rounds):
-        for side in order(r):
+        for side in order(r) + order(r)[::-1]:  # A B B A, then B A A B (see the module docstring)
             before = resource.getrusage(resource.RUSAGE_SELF)
             times[side.name].append(side.step(batches[side.name]))
             after = resource.getrusage(resource.RUSAGE_SELF)
             kernel[side.name].append((after.ru_stime - before.ru_stime, after.ru_minflt - before.ru_minflt))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-1]['step']:.3f} s" for n, t in times.items()),
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-2]['step']:.3f} + {t[-1]['step']:.3f} s"
+                                                              for n, t in times.items()),
               flush=True)
     load_after = os.getloadavg()
 
@@ -667,7 +672,7 @@ def run(args: argparse.Namespace, argv) -> dict:
         result[f"system_s_{side.name}"] = float(np.median([k[0] for k in kernel[side.name]]))
         result[f"minor_faults_{side.name}"] = int(np.median([k[1] for k in kernel[side.name]]))
     if openlrm is not None:  # set exactly when a checkout was given
-        ratios = [o["step"] / li["step"] for li, o in zip(times["lift3d"], times["openlrm"])]
+        ratios = round_ratios([t["step"] for t in times["lift3d"]], [t["step"] for t in times["openlrm"]])
         result.update(speedup=float(np.median(ratios)), speedup_min=min(ratios), speedup_max=max(ratios),
                       ratios=ratios, notes=openlrm.notes, provided=openlrm.provided)
     report(result, [s.name for s in sides])
@@ -675,6 +680,15 @@ def run(args: argparse.Namespace, argv) -> dict:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     return result
+
+
+def round_ratios(lift3d: list[float], openlrm: list[float]) -> list[float]:
+    """Each A B B A round's ratio from the two sides' step times in the order they ran (two a round): OpenLRM's two
+    steps ÷ lift3d's two, so a machine speed that drifts linearly over the round cancels."""
+    def rounds(steps: list[float]) -> list[float]:
+        return [a + b for a, b in zip(steps[::2], steps[1::2])]
+
+    return [o / li for li, o in zip(rounds(lift3d), rounds(openlrm))]
 
 
 def report(r: dict, names: list[str]) -> None:

@@ -29,6 +29,19 @@ def test_lift3d_half_runs_a_training_step_of_the_tiny_config(tmp_path):
     assert saved["batch"] == 1 and saved["views"] == 2 and saved["crop"] == 32
     assert saved["precision"] == "32" and saved["memory_rounds"] == 1  # lrm_tiny trains at 32-true
     assert saved["system_s_lift3d"] >= 0 and saved["minor_faults_lift3d"] >= 0 and saved["time_pinned"] is False
+    assert len(saved["step_s_lift3d"]) == 2  # a timed round is A B B A: two steps of each side
+
+
+def test_a_round_ratio_cancels_a_linear_drift_of_the_machine_speed():
+    # lift3d's step takes 1.0, OpenLRM's 1.25 of work; the machine slows by 10 % more with each step it runs
+    order = ["lift3d", "openlrm", "openlrm", "lift3d", "openlrm", "lift3d", "lift3d", "openlrm"]  # A B B A, B A A B
+    work = {"lift3d": 1.0, "openlrm": 1.25}
+    times: dict[str, list[float]] = {"lift3d": [], "openlrm": []}
+    for k, side in enumerate(order):
+        times[side].append(work[side] * (1 + 0.1 * k))
+    assert peer_openlrm.round_ratios(times["lift3d"], times["openlrm"]) == pytest.approx([1.25, 1.25])
+    single_pairs = [o / li for li, o in zip(times["lift3d"], times["openlrm"])]  # what one A B pair would carry
+    assert min(single_pairs) < 1.2 or max(single_pairs) > 1.3
 
 
 def test_without_a_checkout_it_says_how_to_get_one(monkeypatch, capsys):
