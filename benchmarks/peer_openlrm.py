@@ -599,7 +599,7 @@ def run(args: argparse.Namespace, argv) -> dict:
     precision = args.precision if args.precision != "auto" else (
         "bf16" if "bf16" in str(trainer_cfg.get("precision", "32")) and native_bf16(device) else "32")
     clip = float(trainer_cfg.get("gradient_clip_val") or 0.0)
-    load_before = os.getloadavg()
+    load_before, probe_before = os.getloadavg(), matmul_probe(device, precision)
 
     torch.manual_seed(0)
     lift3d = Lift3dSide(model_cfg, clip, device, precision)
@@ -649,12 +649,13 @@ def run(args: argparse.Namespace, argv) -> dict:
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {t[-2]['step']:.3f} + {t[-1]['step']:.3f} s"
                                                               for n, t in times.items()),
               flush=True)
-    load_after = os.getloadavg()
+    load_after, probe_after = os.getloadavg(), matmul_probe(device, precision)
 
     result = {"config": args.config, "device": device_name(device), "torch": torch.__version__,
               "batch": batch, "views": views, "crop": crop, "precision": precision, "rounds": args.rounds,
               "warmup": args.warmup, "memory_rounds": args.memory_rounds, "time_pinned": args.time_pinned,
               "load_before": list(load_before), "load_after": list(load_after),
+              "matmul_probe_ms": [probe_before, probe_after],
               "clock": "cuda events" if gpu else ("process CPU time" if args.clock == "cpu" else "wall"),
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": "python benchmarks/peer_openlrm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -682,6 +683,25 @@ def run(args: argparse.Namespace, argv) -> dict:
     return result
 
 
+def matmul_probe(device: torch.device, precision: str, repeats: int = 20) -> float:
+    """Milliseconds of one 768×768 @ 768×3072 matmul (a transformer MLP's shape) in the run's precision, median of
+    ``repeats``, before and after the run: the machine's speed at the time, which drifts on a shared VM (the same
+    probe read 1.8–5.8 ms between runs here), so two runs' figures can be told apart by the state they ran in."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(768, 768, device=device, dtype=dtype)
+    b = torch.randn(768, 3072, device=device, dtype=dtype)
+    times = []
+    for _ in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[2:]) * 1e3)
+
+
 def round_ratios(lift3d: list[float], openlrm: list[float]) -> list[float]:
     """Each A B B A round's ratio from the two sides' step times in the order they ran (two a round): OpenLRM's two
     steps ÷ lift3d's two, so a machine speed that drifts linearly over the round cancels."""
@@ -694,7 +714,8 @@ def round_ratios(lift3d: list[float], openlrm: list[float]) -> list[float]:
 def report(r: dict, names: list[str]) -> None:
     print(f"\n# {r['date']} · {r['device']} · torch {r['torch']} · {r['config']} · batch {r['batch']} × "
           f"{r['views']} views × {r['crop']}² · precision {r['precision']} · {r['rounds']} rounds after "
-          f"{r['warmup']} warm-up · load {r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} · clock {r['clock']}")
+          f"{r['warmup']} warm-up · load {r['load_before'][0]:.2f} → {r['load_after'][0]:.2f} · matmul probe "
+          f"{r['matmul_probe_ms'][0]:.2f} → {r['matmul_probe_ms'][1]:.2f} ms · clock {r['clock']}")
     print("| stage (median s) | " + " | ".join(names) + (" | lift3d ÷ OpenLRM speed |" if len(names) > 1 else " |"))
     print("|---|" + "---|" * (len(names) + (len(names) > 1)))
     for k in ("step",) + STAGES:

@@ -30,6 +30,7 @@ def test_lift3d_half_runs_a_training_step_of_the_tiny_config(tmp_path):
     assert saved["precision"] == "32" and saved["memory_rounds"] == 1  # lrm_tiny trains at 32-true
     assert saved["system_s_lift3d"] >= 0 and saved["minor_faults_lift3d"] >= 0 and saved["time_pinned"] is False
     assert len(saved["step_s_lift3d"]) == 2  # a timed round is A B B A: two steps of each side
+    assert len(saved["matmul_probe_ms"]) == 2 and min(saved["matmul_probe_ms"]) > 0  # the machine's speed, before/after
 
 
 def test_a_round_ratio_cancels_a_linear_drift_of_the_machine_speed():
