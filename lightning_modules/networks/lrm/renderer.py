@@ -19,6 +19,7 @@ whatever the sampling and whatever the ray's angle to the optical axis.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Optional
 
@@ -130,8 +131,12 @@ def channel_groups(entries: int, channels: int, device: torch.device) -> int:
     if device.type != "cpu":
         return 1
     threads = torch.get_num_threads()
+
+    def balance(g: int) -> float:  # the share of thread slots that have work: entries·G over whole waves of threads
+        return entries * g / (threads * math.ceil(entries * g / threads))
+
     options = [g for g in range(1, channels + 1) if channels % g == 0 and (g == 1 or channels // g >= 8)]
-    return max(options, key=lambda g: (entries * g / (threads * -(-entries * g // threads)), -g))
+    return max(options, key=lambda g: (balance(g), -g))  # the best balance, and of those the fewest groups
 
 
 def sampler_for(sampler: str, device: torch.device) -> str:
