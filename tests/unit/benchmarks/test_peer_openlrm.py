@@ -41,8 +41,6 @@ def test_a_round_ratio_cancels_a_linear_drift_of_the_machine_speed():
     for k, side in enumerate(order):
         times[side].append(work[side] * (1 + 0.1 * k))
     assert peer_openlrm.round_ratios(times["lift3d"], times["openlrm"]) == pytest.approx([1.25, 1.25])
-    single_pairs = [o / li for li, o in zip(times["lift3d"], times["openlrm"])]  # what one A B pair would carry
-    assert min(single_pairs) < 1.2 or max(single_pairs) > 1.3
 
 
 def test_without_a_checkout_it_says_how_to_get_one(monkeypatch, capsys):
